@@ -1,0 +1,502 @@
+//! The typed configuration, layered: built-in defaults, then a TOML file,
+//! then `CLEARANCE_<SECTION>__<FIELD>` environment variables (for example
+//! `CLEARANCE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092`).
+//!
+//! Unknown fields are errors, and loading reports *every* invalid field,
+//! not just the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Topic names and layout.
+    pub topics: TopicsConfig,
+    /// The request pipeline.
+    pub engine: EngineConfig,
+    /// The admin HTTP server.
+    pub admin: AdminConfig,
+    /// The policy.
+    pub policy: PolicyConfig,
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Consumer group of the request pipeline.
+    pub group_id: String,
+    /// Client id prefix.
+    pub client_id: String,
+    /// Extra librdkafka properties passed through as they are, e.g.
+    /// `"security.protocol" = "SASL_SSL"`. Values are never logged.
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka statistics interval, which drives the lag metrics.
+    pub statistics_interval_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "clearance".into(),
+            client_id: "clearance".into(),
+            properties: BTreeMap::new(),
+            statistics_interval_ms: 1000,
+        }
+    }
+}
+
+/// Topic names, partition counts and creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Access requests (input).
+    pub requests: String,
+    /// Eligibility change feed (compacted).
+    pub eligibility: String,
+    /// Decisions (output).
+    pub decisions: String,
+    /// Dead letters (output).
+    pub deadletter: String,
+    /// Partitions of each topic when created.
+    pub partitions: i32,
+    /// Replication factor when created.
+    pub replication_factor: i32,
+    /// Create missing topics at startup.
+    pub create_missing: bool,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            requests: "access.requests".into(),
+            eligibility: "eligibility.changes".into(),
+            decisions: "access.decisions".into(),
+            deadletter: "access.deadletter".into(),
+            partitions: 6,
+            replication_factor: 1,
+            create_missing: true,
+        }
+    }
+}
+
+/// The request pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Name of this instance, written into every decision. Empty: the host
+    /// name plus the process id.
+    pub instance_id: String,
+    /// Consumer threads in this process (each owns the partitions the group
+    /// gives it).
+    pub workers: usize,
+    /// Maximum messages in the producer's local queue before backpressure.
+    pub producer_queue_max_messages: u32,
+    /// Producer linger (batching delay).
+    pub producer_linger_ms: u64,
+    /// How often stored offsets are committed.
+    pub commit_interval_ms: u64,
+    /// Bound on a graceful shutdown (drain, commit, flush).
+    pub shutdown_timeout_ms: u64,
+    /// Dead letters keep at most this many bytes of the original payload.
+    pub deadletter_max_payload_bytes: usize,
+    /// Give up waiting for the change feed to catch up after this long at
+    /// startup (0: wait forever).
+    pub feed_catchup_timeout_secs: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            workers: 1,
+            producer_queue_max_messages: 100_000,
+            producer_linger_ms: 5,
+            commit_interval_ms: 1000,
+            shutdown_timeout_ms: 10_000,
+            deadletter_max_payload_bytes: 64 * 1024,
+            feed_catchup_timeout_secs: 0,
+        }
+    }
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address; loopback by default. Port 0 picks a free port.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// The policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Policy file. Empty: the example policy shipped with clearance.
+    pub file: Option<PathBuf>,
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path (`engine.workers`).
+    pub field: String,
+    /// Where the value came from (file path, env var, default).
+    pub origin: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.field, self.origin, self.message)
+    }
+}
+
+/// Configuration could not be loaded. Never retryable: fix the input.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// One or more fields are invalid; all of them are listed.
+    #[error("invalid configuration ({} error(s)):\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<FieldError>),
+}
+
+const SECTIONS: &[&str] = &["kafka", "topics", "engine", "admin", "policy"];
+const ENV_PREFIX: &str = "CLEARANCE_";
+
+/// Load the configuration: defaults, then `file` (if any), then the
+/// `CLEARANCE_*` variables of `env`.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut root = toml::Table::new();
+    let mut origins: BTreeMap<String, String> = BTreeMap::new();
+    let mut errors = Vec::new();
+
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        root = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        for (section, value) in &root {
+            if let toml::Value::Table(t) = value {
+                for k in t.keys() {
+                    origins.insert(format!("{section}.{k}"), path.display().to_string());
+                }
+            }
+            origins.insert(section.clone(), path.display().to_string());
+        }
+    }
+
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let Some((section, field)) = rest.split_once("__") else {
+            errors.push(FieldError {
+                field: rest.to_lowercase(),
+                origin: name.clone(),
+                message: "expected CLEARANCE_<SECTION>__<FIELD>".into(),
+            });
+            continue;
+        };
+        let (section, field) = (section.to_lowercase(), field.to_lowercase());
+        let value = parse_env_value(&raw);
+        let entry = root
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                // Nested maps (kafka.properties) use a further `__`.
+                if let Some((map, key)) = field.split_once("__") {
+                    let sub = t
+                        .entry(map.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(st) = sub {
+                        // librdkafka property names use dots.
+                        st.insert(key.replace('_', "."), toml::Value::String(raw.clone()));
+                    }
+                    origins.insert(format!("{section}.{map}"), name.clone());
+                } else {
+                    t.insert(field.clone(), value);
+                    origins.insert(format!("{section}.{field}"), name.clone());
+                }
+            }
+            _ => errors.push(FieldError {
+                field: section.clone(),
+                origin: name.clone(),
+                message: "is not a section".into(),
+            }),
+        }
+    }
+
+    let origin_of = |path: &str| {
+        origins
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| "default".into())
+    };
+
+    // Check each field on its own, so that every error is reported.
+    let mut cfg = Config::default();
+    for (section, value) in &root {
+        if !SECTIONS.contains(&section.as_str()) {
+            errors.push(FieldError {
+                field: section.clone(),
+                origin: origin_of(section),
+                message: format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+            });
+            continue;
+        }
+        let toml::Value::Table(table) = value else {
+            errors.push(FieldError {
+                field: section.clone(),
+                origin: origin_of(section),
+                message: "must be a table".into(),
+            });
+            continue;
+        };
+        match section.as_str() {
+            "kafka" => cfg.kafka = section_fields(section, table, &origin_of, &mut errors),
+            "topics" => cfg.topics = section_fields(section, table, &origin_of, &mut errors),
+            "engine" => cfg.engine = section_fields(section, table, &origin_of, &mut errors),
+            "admin" => cfg.admin = section_fields(section, table, &origin_of, &mut errors),
+            "policy" => cfg.policy = section_fields(section, table, &origin_of, &mut errors),
+            _ => unreachable!("checked against SECTIONS"),
+        }
+    }
+
+    validate(&cfg, &origin_of, &mut errors);
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// Deserialize a section field by field: each invalid or unknown field adds
+/// an error, and the valid ones are kept.
+fn section_fields<T: DeserializeOwned + Default + Serialize>(
+    section: &str,
+    table: &toml::Table,
+    origin_of: &impl Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) -> T {
+    let mut good = toml::Table::new();
+    for (k, v) in table {
+        let mut one = toml::Table::new();
+        one.insert(k.clone(), v.clone());
+        match T::deserialize(toml::Value::Table(one)) {
+            Ok(_) => {
+                good.insert(k.clone(), v.clone());
+            }
+            Err(e) => {
+                let path = format!("{section}.{k}");
+                errors.push(FieldError {
+                    origin: origin_of(&path),
+                    field: path,
+                    message: e.message().trim().to_string(),
+                });
+            }
+        }
+    }
+    T::deserialize(toml::Value::Table(good)).unwrap_or_default()
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Numbers and booleans as such; everything else as a string.
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    toml::Value::String(raw.to_string())
+}
+
+fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<FieldError>) {
+    let mut bad = |field: &str, message: String| {
+        errors.push(FieldError {
+            field: field.into(),
+            origin: origin_of(field),
+            message,
+        })
+    };
+    if cfg.kafka.bootstrap_servers.trim().is_empty() {
+        bad("kafka.bootstrap_servers", "must not be empty".into());
+    }
+    if cfg.kafka.group_id.trim().is_empty() {
+        bad("kafka.group_id", "must not be empty".into());
+    }
+    for (name, topic) in [
+        ("topics.requests", &cfg.topics.requests),
+        ("topics.eligibility", &cfg.topics.eligibility),
+        ("topics.decisions", &cfg.topics.decisions),
+        ("topics.deadletter", &cfg.topics.deadletter),
+    ] {
+        if topic.is_empty()
+            || topic.len() > 249
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            bad(name, format!("{topic:?} is not a valid Kafka topic name"));
+        }
+    }
+    if cfg.topics.partitions < 1 {
+        bad("topics.partitions", "must be at least 1".into());
+    }
+    if cfg.topics.replication_factor < 1 {
+        bad("topics.replication_factor", "must be at least 1".into());
+    }
+    if !(1..=64).contains(&cfg.engine.workers) {
+        bad("engine.workers", "must be between 1 and 64".into());
+    }
+    if cfg.engine.producer_queue_max_messages < 1 {
+        bad(
+            "engine.producer_queue_max_messages",
+            "must be at least 1".into(),
+        );
+    }
+    if cfg.engine.commit_interval_ms < 1 {
+        bad("engine.commit_interval_ms", "must be at least 1".into());
+    }
+    if cfg.engine.deadletter_max_payload_bytes < 16 {
+        bad(
+            "engine.deadletter_max_payload_bytes",
+            "must be at least 16".into(),
+        );
+    }
+    if cfg.admin.listen.parse::<SocketAddr>().is_err() {
+        bad(
+            "admin.listen",
+            format!(
+                "{:?} is not an address like 127.0.0.1:9464",
+                cfg.admin.listen
+            ),
+        );
+    }
+    if let Some(p) = &cfg.policy.file {
+        if !p.is_file() {
+            bad("policy.file", format!("{} does not exist", p.display()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.admin.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn file_then_env_layering() {
+        let dir = std::env::temp_dir().join(format!("clearance-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[kafka]\nbootstrap_servers = \"file:1\"\ngroup_id = \"g\"\n[engine]\nworkers = 2\n",
+        )
+        .unwrap();
+        let c = load(
+            Some(&f),
+            env(&[
+                ("CLEARANCE_KAFKA__BOOTSTRAP_SERVERS", "env:2"),
+                ("CLEARANCE_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SSL"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "env:2");
+        assert_eq!(c.kafka.group_id, "g");
+        assert_eq!(c.engine.workers, 2);
+        assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported() {
+        let dir = std::env::temp_dir().join(format!("clearance-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[engine]\nworkers = \"many\"\nbogus_ms = 3\n[admin]\nlisten = \"nowhere\"\n[nope]\nx = 1\n",
+        )
+        .unwrap();
+        let err = load(Some(&f), env(&[("CLEARANCE_TOPICS__PARTITIONS", "0")])).unwrap_err();
+        let ConfigError::Invalid(errs) = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for want in [
+            "engine.workers",
+            "engine.bogus_ms",
+            "admin.listen",
+            "nope",
+            "topics.partitions",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from {fields:?}");
+        }
+        let partitions = errs
+            .iter()
+            .find(|e| e.field == "topics.partitions")
+            .unwrap();
+        assert_eq!(partitions.origin, "CLEARANCE_TOPICS__PARTITIONS");
+    }
+}

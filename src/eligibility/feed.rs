@@ -1,0 +1,332 @@
+//! The change-feed task: reads every partition of the compacted eligibility
+//! topic (no consumer group: it must see every key), applies each record to
+//! the [`Store`] by per-key version, and tracks its position per partition.
+//!
+//! Readiness: the feed is *caught up* once every partition has reached the
+//! high watermark seen at startup. The engine decides no request before that.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{Applied, Store};
+use crate::config::Config;
+use crate::event::{decode_eligibility, parse_eligibility_key, DecodeError};
+use crate::kafka::{base_config, KafkaBoundaryError};
+use crate::metrics as m;
+use crate::pipeline::{DeadLetterSink, Source};
+
+/// Position and readiness of the change feed, shared with the admin API.
+#[derive(Debug, Default)]
+pub struct FeedState {
+    ready: AtomicBool,
+    inner: Mutex<FeedPositions>,
+    last_record_ms: AtomicI64,
+}
+
+/// Per-partition positions of the feed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FeedPositions {
+    /// Next offset to apply, per partition.
+    pub positions: BTreeMap<i32, i64>,
+    /// High watermarks seen at startup, per partition.
+    pub startup_high_watermarks: BTreeMap<i32, i64>,
+    /// Partitions that have reached their startup high watermark.
+    pub caught_up: BTreeMap<i32, bool>,
+    /// Records applied since start.
+    pub applied: u64,
+}
+
+impl FeedState {
+    /// Whether the feed has caught up with the startup high watermarks.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A copy of the positions.
+    pub fn positions(&self) -> FeedPositions {
+        self.lock().clone()
+    }
+
+    /// Kafka timestamp (ms since the epoch) of the last applied record, or 0.
+    pub fn last_record_ms(&self) -> i64 {
+        self.last_record_ms.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedPositions> {
+        // A poisoned lock only means a panic elsewhere; the data is plain.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, highs: BTreeMap<i32, i64>, starts: &BTreeMap<i32, i64>) {
+        let mut g = self.lock();
+        g.caught_up = highs
+            .iter()
+            .map(|(p, h)| (*p, starts.get(p).copied().unwrap_or(0) >= *h))
+            .collect();
+        g.positions = starts.clone();
+        g.startup_high_watermarks = highs;
+        let all = g.caught_up.values().all(|c| *c);
+        drop(g);
+        if all {
+            self.mark_ready();
+        }
+    }
+
+    fn advance(&self, partition: i32, next: i64) {
+        let mut g = self.lock();
+        g.applied += 1;
+        g.positions.insert(partition, next);
+        let target = g.startup_high_watermarks.get(&partition).copied();
+        if !self.is_ready() && target.is_some_and(|t| next >= t) {
+            g.caught_up.insert(partition, true);
+            if g.caught_up.values().all(|c| *c) {
+                drop(g);
+                self.mark_ready();
+            }
+        }
+    }
+
+    fn eof(&self, partition: i32) {
+        if self.is_ready() {
+            return;
+        }
+        let mut g = self.lock();
+        g.caught_up.insert(partition, true);
+        if g.caught_up.values().all(|c| *c) {
+            drop(g);
+            self.mark_ready();
+        }
+    }
+
+    fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!("eligibility feed caught up; engine ready");
+            metrics::gauge!(m::READY).set(1.0);
+        }
+    }
+}
+
+/// Errors of the change-feed task.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// Kafka client or metadata failure.
+    #[error(transparent)]
+    Kafka(#[from] KafkaBoundaryError),
+    /// The eligibility topic does not exist.
+    #[error("eligibility topic {0} does not exist (run `clearance topics create`)")]
+    MissingTopic(String),
+}
+
+struct FeedContext {
+    topic: String,
+    state: Arc<FeedState>,
+}
+
+impl ClientContext for FeedContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // End of a partition is progress, not an error.
+            KafkaError::PartitionEOF(p) => self.state.eof(p),
+            e => tracing::warn!(error = %e, reason, "change feed client error"),
+        }
+    }
+
+    fn stats(&self, stats: Statistics) {
+        let now_ms = now_ms();
+        let last = self.state.last_record_ms();
+        if last > 0 {
+            metrics::gauge!(m::FEED_LAST_RECORD_AGE_SECONDS)
+                .set((now_ms - last).max(0) as f64 / 1000.0);
+        }
+        let positions = self.state.positions().positions;
+        if let Some(t) = stats.topics.get(&self.topic) {
+            for (p, ps) in &t.partitions {
+                if *p < 0 {
+                    continue;
+                }
+                let pos = positions.get(p).copied().unwrap_or(ps.lo_offset.max(0));
+                let lag = (ps.hi_offset - pos).max(0);
+                metrics::gauge!(m::FEED_LAG_MESSAGES, "partition" => p.to_string()).set(lag as f64);
+            }
+        }
+    }
+}
+impl ConsumerContext for FeedContext {}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Run the change feed until `shutdown` is cancelled. Blocking: call it on a
+/// dedicated thread (`spawn_blocking`).
+///
+/// `start_positions` lets a caller resume from known offsets (absent
+/// partitions start at the beginning).
+pub fn run(
+    cfg: &Config,
+    store: Arc<Store>,
+    state: Arc<FeedState>,
+    deadletters: DeadLetterSink,
+    start_positions: BTreeMap<i32, i64>,
+    shutdown: CancellationToken,
+) -> Result<(), FeedError> {
+    let topic = cfg.topics.eligibility.clone();
+    let mut cc: ClientConfig = base_config(&cfg.kafka, "feed");
+    cc.set("group.id", format!("{}-feed-unused", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "statistics.interval.ms",
+            cfg.kafka.statistics_interval_ms.to_string(),
+        );
+    let consumer: BaseConsumer<FeedContext> = cc
+        .create_with_context(FeedContext {
+            topic: topic.clone(),
+            state: Arc::clone(&state),
+        })
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "feed consumer",
+            source,
+        })?;
+
+    // Partitions and startup high watermarks, retried while the broker is
+    // unreachable.
+    let partitions = loop {
+        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+            Ok(md) => {
+                let parts: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if parts.is_empty() {
+                    return Err(FeedError::MissingTopic(topic));
+                }
+                break parts;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: metadata not available yet; retrying");
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    let mut highs = BTreeMap::new();
+    for p in &partitions {
+        let (_, high) = loop {
+            match consumer.fetch_watermarks(&topic, *p, Duration::from_secs(5)) {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "change feed: watermarks not available yet");
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
+        highs.insert(*p, high);
+    }
+    tracing::info!(topic = %topic, ?highs, "change feed: startup high watermarks");
+
+    let mut tpl = TopicPartitionList::new();
+    let mut starts = BTreeMap::new();
+    for p in &partitions {
+        let start = start_positions.get(p).copied();
+        let offset = start.map(Offset::Offset).unwrap_or(Offset::Beginning);
+        starts.insert(*p, start.unwrap_or(0));
+        tpl.add_partition_offset(&topic, *p, offset)
+            .map_err(|source| KafkaBoundaryError::Client {
+                what: "feed assignment",
+                source,
+            })?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "feed assignment",
+            source,
+        })?;
+    state.start(highs, &starts);
+    update_counts(&store);
+
+    while !shutdown.is_cancelled() {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(msg)) => {
+                let (p, off) = (msg.partition(), msg.offset());
+                apply(&store, &deadletters, &topic, &msg);
+                if let Some(ts) = msg.timestamp().to_millis() {
+                    state.last_record_ms.store(ts, Ordering::Relaxed);
+                }
+                state.advance(p, off + 1);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => state.eof(p),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "change feed: consumer error (librdkafka retries)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn update_counts(store: &Store) {
+    metrics::gauge!(m::ELIGIBILITY_RECORDS, "kind" => "user").set(store.user_count() as f64);
+    metrics::gauge!(m::ELIGIBILITY_RECORDS, "kind" => "organization").set(store.org_count() as f64);
+}
+
+fn apply<M: Message>(store: &Store, deadletters: &DeadLetterSink, topic: &str, msg: &M) {
+    let key = msg.key().unwrap_or_default();
+    let result: Result<Applied, DecodeError> = match msg.payload() {
+        None => parse_eligibility_key(key).map(|(kind, id)| store.delete(kind, id)),
+        Some(bytes) => decode_eligibility(key, bytes).map(|rec| store.apply(rec)),
+    };
+    match result {
+        Ok(applied) => {
+            let label = match applied {
+                Applied::Inserted => "inserted",
+                Applied::Updated => "updated",
+                Applied::Stale => "stale",
+                Applied::Deleted => "deleted",
+                Applied::Absent => "absent",
+            };
+            metrics::counter!(m::ELIGIBILITY_APPLIED_TOTAL, "result" => label).increment(1);
+            if matches!(applied, Applied::Inserted | Applied::Deleted) {
+                update_counts(store);
+            }
+        }
+        Err(e) => {
+            metrics::counter!(m::ELIGIBILITY_APPLIED_TOTAL, "result" => "invalid").increment(1);
+            tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "change feed: invalid record dead-lettered");
+            if let Err(e) = deadletters.send(
+                Source::Eligibility,
+                &e,
+                topic,
+                msg.partition(),
+                msg.offset(),
+                msg.key(),
+                msg.payload().unwrap_or_default(),
+                None,
+            ) {
+                tracing::error!(error = %e, "change feed: dead letter not sent");
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Wires the engine together: policy, topics, producer, admin server,
+//! change feed, then the request workers once the feed has caught up.
+//!
+//! `run(config, shutdown)` is what `clearance run` calls; [`start`] returns
+//! a handle (admin address, state) for tools and tests that embed the
+//! engine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::Producer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, StatusSource};
+use crate::config::Config;
+use crate::eligibility::feed::{self, FeedState};
+use crate::eligibility::Store;
+use crate::kafka::{self, KafkaBoundaryError, RetryHint};
+use crate::metrics as m;
+use crate::pipeline::{self, ActivePolicy, DeadLetterSink, Shared};
+use crate::policy::{CompiledPolicy, PolicyError};
+
+/// Errors that stop the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The policy is missing or invalid: the engine refuses to start.
+    #[error("invalid policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// Kafka setup failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaBoundaryError),
+    /// The admin server could not start.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    /// The change feed stopped.
+    #[error("change feed: {0}")]
+    Feed(#[from] feed::FeedError),
+    /// A request worker stopped.
+    #[error("pipeline: {0}")]
+    Pipeline(#[from] pipeline::PipelineError),
+    /// The change feed did not catch up in time.
+    #[error("change feed did not catch up within {0} s")]
+    CatchupTimeout(u64),
+    /// A task panicked or was cancelled.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// The engine's observable state.
+pub struct EngineState {
+    /// The instance id written into decisions.
+    pub instance_id: String,
+    /// The eligibility store.
+    pub store: Arc<Store>,
+    /// Change-feed positions and readiness.
+    pub feed: Arc<FeedState>,
+    /// The active policy.
+    pub policy: Arc<ActivePolicy>,
+}
+
+impl StatusSource for EngineState {
+    fn ready(&self) -> bool {
+        self.feed.is_ready()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let p = self.policy.current();
+        serde_json::json!({
+            "instance_id": self.instance_id,
+            "ready": self.feed.is_ready(),
+            "policy": { "id": p.id, "version": p.version, "data_version": p.data_version },
+            "eligibility": {
+                "users": self.store.user_count(),
+                "organizations": self.store.org_count(),
+            },
+            "feed": self.feed.positions(),
+        })
+    }
+}
+
+/// A running engine.
+pub struct EngineHandle {
+    /// Where the admin server listens.
+    pub admin_addr: SocketAddr,
+    /// Its state.
+    pub state: Arc<EngineState>,
+    /// Completes when the engine has stopped (after `shutdown`, or on a
+    /// fatal error).
+    pub join: JoinHandle<Result<(), EngineError>>,
+}
+
+/// Load the configured policy, or the shipped example.
+pub fn load_policy(cfg: &Config) -> Result<CompiledPolicy, PolicyError> {
+    match &cfg.policy.file {
+        Some(path) => CompiledPolicy::load_file(path),
+        None => Ok(CompiledPolicy::example()),
+    }
+}
+
+fn instance_id(cfg: &Config) -> String {
+    if !cfg.engine.instance_id.is_empty() {
+        return cfg.engine.instance_id.clone();
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Run until `shutdown` is cancelled, then drain, commit and flush.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
+    let handle = start(cfg, shutdown).await?;
+    tracing::info!(admin = %handle.admin_addr, "engine started");
+    handle
+        .join
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?
+}
+
+/// Start the engine and return once the admin server is listening. Request
+/// processing begins only after the change feed has caught up.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHandle, EngineError> {
+    let prometheus = m::install();
+    let policy = load_policy(&cfg)?;
+    tracing::info!(policy_id = %policy.id, policy_version = %policy.version, "policy loaded");
+    metrics::gauge!(m::POLICY_INFO, "policy_id" => policy.id.clone(), "policy_version" => policy.version.clone()).set(1.0);
+    metrics::gauge!(m::READY).set(0.0);
+
+    if cfg.topics.create_missing {
+        let mut attempt = 0;
+        loop {
+            match kafka::create_topics(&cfg.kafka, &cfg.topics).await {
+                Ok(created) => {
+                    if !created.is_empty() {
+                        tracing::info!(?created, "created topics");
+                    }
+                    break;
+                }
+                Err(e) if e.retry_hint() == RetryHint::Retryable && attempt < 10 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "topic creation failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(e.into()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    let producer = pipeline::create_producer(&cfg)?;
+    let deadletters = DeadLetterSink::new(
+        producer.clone(),
+        cfg.topics.deadletter.clone(),
+        cfg.engine.deadletter_max_payload_bytes,
+        shutdown.clone(),
+    );
+    let store = Arc::new(Store::new());
+    let feed_state = Arc::new(FeedState::default());
+    let state = Arc::new(EngineState {
+        instance_id: instance_id(&cfg),
+        store: Arc::clone(&store),
+        feed: Arc::clone(&feed_state),
+        policy: Arc::new(ActivePolicy::new(policy)),
+    });
+
+    let listener = admin::bind(&cfg.admin.listen).await?;
+    let admin_addr = listener
+        .local_addr()
+        .map_err(|source| admin::AdminError::Bind {
+            addr: cfg.admin.listen.clone(),
+            source,
+        })?;
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(admin::serve(
+        listener,
+        prometheus,
+        state.clone() as Arc<dyn StatusSource>,
+        admin_stop.clone(),
+    ));
+
+    // The change feed stops after the workers, so that a revocation that
+    // arrives during the drain still applies.
+    let feed_stop = CancellationToken::new();
+    let feed_task = {
+        let (cfg, store, fs, dl, stop) = (
+            cfg.clone(),
+            Arc::clone(&store),
+            Arc::clone(&feed_state),
+            deadletters.clone(),
+            feed_stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || feed::run(&cfg, store, fs, dl, BTreeMap::new(), stop))
+    };
+
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        store,
+        policy: Arc::clone(&state.policy),
+        producer: producer.clone(),
+        deadletters,
+        instance_id: state.instance_id.clone(),
+    });
+    let st = Arc::clone(&state);
+    let join = tokio::spawn(async move {
+        let result = supervise(shared, st, feed_task, &feed_stop, shutdown.clone()).await;
+        feed_stop.cancel();
+        // Whatever else is queued (dead letters of the feed) goes out now.
+        let p = producer.clone();
+        let timeout = Duration::from_millis(cfg.engine.shutdown_timeout_ms);
+        let _ = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
+        admin_stop.cancel();
+        tracing::info!("engine stopped");
+        result
+    });
+    Ok(EngineHandle {
+        admin_addr,
+        state,
+        join,
+    })
+}
+
+async fn supervise(
+    shared: Arc<Shared>,
+    state: Arc<EngineState>,
+    mut feed_task: JoinHandle<Result<(), feed::FeedError>>,
+    feed_stop: &CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<(), EngineError> {
+    // Wait for the feed to catch up: no decision before that.
+    let catchup = shared.cfg.engine.feed_catchup_timeout_secs;
+    let started = tokio::time::Instant::now();
+    while !state.feed.is_ready() {
+        if catchup > 0 && started.elapsed() > Duration::from_secs(catchup) {
+            return Err(EngineError::CatchupTimeout(catchup));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = &mut feed_task => return Err(feed_exit(r)),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+
+    let mut workers = Vec::new();
+    for w in 0..shared.cfg.engine.workers {
+        let (sh, stop) = (Arc::clone(&shared), shutdown.clone());
+        workers.push(tokio::task::spawn_blocking(move || {
+            let r = pipeline::run_worker(sh, w, stop.clone());
+            if r.is_err() {
+                // One worker failed: stop the others too (they drain and commit).
+                stop.cancel();
+            }
+            r
+        }));
+    }
+    let all_workers = futures_join_all(workers);
+    tokio::pin!(all_workers);
+    let result = tokio::select! {
+        r = &mut all_workers => r,
+        r = &mut feed_task => {
+            // The feed died: stop the workers (they drain and commit).
+            shutdown.cancel();
+            let _ = all_workers.await;
+            return Err(feed_exit(r));
+        }
+    };
+    feed_stop.cancel();
+    let _ = feed_task.await;
+    if result.is_err() {
+        shutdown.cancel();
+    }
+    result
+}
+
+fn feed_exit(r: Result<Result<(), feed::FeedError>, tokio::task::JoinError>) -> EngineError {
+    match r {
+        Ok(Ok(())) => EngineError::Task("change feed stopped unexpectedly".into()),
+        Ok(Err(e)) => EngineError::Feed(e),
+        Err(e) => EngineError::Task(e.to_string()),
+    }
+}
+
+/// Wait for every worker; the first error wins (the others are still
+/// awaited, so every worker has drained and committed on return).
+async fn futures_join_all(
+    workers: Vec<JoinHandle<Result<(), pipeline::PipelineError>>>,
+) -> Result<(), EngineError> {
+    let mut first = Ok(());
+    for w in workers {
+        let r = match w.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EngineError::Pipeline(e)),
+            Err(e) => Err(EngineError::Task(e.to_string())),
+        };
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}

@@ -1,0 +1,712 @@
+//! Wire types: the access request, the eligibility records of the change
+//! feed, the decision and the dead-letter record, with decoding that returns
+//! typed errors.
+//!
+//! All types ignore unknown fields (forward compatibility). The JSON Schemas
+//! in `schemas/` describe the same documents; tests check that they agree.
+//!
+//! This module does no I/O.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// An ISO 3166-1 alpha-2 country code, upper case (`"US"`, `"CN"`).
+pub type CountryCode = String;
+
+// ---------------------------------------------------------------------------
+// Access request
+// ---------------------------------------------------------------------------
+
+/// A request to use a model, as published by an API frontend on
+/// `access.requests`. The record key is the subject id (so one subject's
+/// requests stay in order); the value is this document as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    /// Unique id of the request, chosen by the frontend.
+    pub request_id: String,
+    /// When the frontend received the request (RFC 3339). The policy is
+    /// evaluated "as of" this instant, which keeps decisions replayable.
+    #[serde(with = "time::serde::rfc3339")]
+    pub event_time: OffsetDateTime,
+    /// The user making the request.
+    pub subject_id: String,
+    /// The organization the user acts for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    /// The model id requested (`"fable-5"`).
+    pub model: String,
+    /// Where the request comes from, as far as the frontend could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo: Option<Geolocation>,
+}
+
+/// The geolocation of a request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Geolocation {
+    /// Country of the request's origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<CountryCode>,
+    /// ISO 3166-2 subdivision (`"UA-43"` for Crimea).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdivision: Option<String>,
+    /// Postal code, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    /// Confidence of the geolocation, 0.0 to 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// The address belongs to a known VPN.
+    #[serde(default)]
+    pub vpn: bool,
+    /// The address belongs to a hosting provider.
+    #[serde(default)]
+    pub hosting: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Eligibility records (change feed)
+// ---------------------------------------------------------------------------
+
+/// A record of the compacted `eligibility.changes` topic. The key is
+/// `user:<id>` or `organization:<id>`; a null value is a tombstone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EligibilityRecord {
+    /// A user (subject).
+    User(UserRecord),
+    /// An organization.
+    Organization(OrgRecord),
+}
+
+impl EligibilityRecord {
+    /// The store key of this record: `user:<id>` or `organization:<id>`.
+    pub fn key(&self) -> String {
+        match self {
+            EligibilityRecord::User(u) => format!("user:{}", u.id),
+            EligibilityRecord::Organization(o) => format!("organization:{}", o.id),
+        }
+    }
+
+    /// The per-key version of this record.
+    pub fn version(&self) -> u64 {
+        match self {
+            EligibilityRecord::User(u) => u.version,
+            EligibilityRecord::Organization(o) => o.version,
+        }
+    }
+}
+
+/// U.S. person status (deemed-export rule, 15 CFR 734.13 and 8 U.S.C. 1324b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsPersonStatus {
+    /// U.S. citizen.
+    Citizen,
+    /// Lawful permanent resident (green card granted).
+    LawfulPermanentResident,
+    /// Refugee or asylee (protected individual).
+    ProtectedIndividual,
+    /// Anyone else: visa holders, pending applications, and so on.
+    ForeignPerson,
+    /// Not established.
+    Unknown,
+}
+
+impl UsPersonStatus {
+    /// Citizens, green-card holders and protected individuals are U.S. persons.
+    pub fn is_us_person(self) -> bool {
+        matches!(
+            self,
+            UsPersonStatus::Citizen
+                | UsPersonStatus::LawfulPermanentResident
+                | UsPersonStatus::ProtectedIndividual
+        )
+    }
+}
+
+/// A citizenship, with the date it was acquired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citizenship {
+    /// Country of citizenship.
+    pub country: CountryCode,
+    /// When it was acquired (`YYYY-MM-DD`), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_on: Option<String>,
+}
+
+/// Status of a permanent residency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResidencyStatus {
+    /// Granted.
+    Granted,
+    /// Applied for, not granted: does not count.
+    Pending,
+    /// Revoked or abandoned.
+    Revoked,
+}
+
+/// A permanent residency (in any country, including the U.S.).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PermanentResidency {
+    /// Country of residency.
+    pub country: CountryCode,
+    /// Status of the residency.
+    pub status: ResidencyStatus,
+    /// When it was granted (`YYYY-MM-DD`), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_on: Option<String>,
+}
+
+/// Relationship of a user to their organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relationship {
+    /// Employee.
+    Employee,
+    /// Contractor.
+    Contractor,
+    /// Visitor.
+    Visitor,
+    /// Customer or other.
+    Other,
+}
+
+/// Identity verification status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationStatus {
+    /// Verified and (unless `expires_at` has passed) current.
+    Verified,
+    /// Started, not finished.
+    Pending,
+    /// Failed.
+    Failed,
+    /// Expired.
+    Expired,
+}
+
+/// Identity verification of a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Status.
+    pub status: VerificationStatus,
+    /// When the verification was done.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub verified_at: Option<OffsetDateTime>,
+    /// When the verification stops being valid.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A revocation of a subject's access, published by the compliance team.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When the access was revoked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+    /// Free-text reason, for the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The eligibility data of one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// User id (the request's `subject_id`).
+    pub id: String,
+    /// Per-key version; an older version never replaces a newer one.
+    pub version: u64,
+    /// When this version was written.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub updated_at: Option<OffsetDateTime>,
+    /// U.S. person status.
+    pub us_person_status: UsPersonStatus,
+    /// Citizenships, with their dates.
+    #[serde(default)]
+    pub citizenships: Vec<Citizenship>,
+    /// Permanent residencies, with their dates and status.
+    #[serde(default)]
+    pub permanent_residencies: Vec<PermanentResidency>,
+    /// The organization the user belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    /// Relationship to that organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relationship: Option<Relationship>,
+    /// Identity verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    /// Set when the subject's access has been revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
+}
+
+/// An owner of an organization, with its share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Owner id (an organization or a person).
+    pub id: String,
+    /// Where the owner is headquartered (or of which country a person is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headquarters: Option<CountryCode>,
+    /// Share of ownership, in percent (0–100), direct plus indirect.
+    pub percent: f64,
+}
+
+/// Status of a restricted-party screening hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScreeningStatus {
+    /// Confirmed: the party is listed.
+    Confirmed,
+    /// Potential match, unresolved: needs human review.
+    Potential,
+    /// Reviewed and found to be a false positive.
+    Cleared,
+}
+
+/// A restricted-party screening hit (Entity List, SDN, Unverified List, MEU).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScreeningHit {
+    /// The list (`"entity_list"`, `"sdn"`, `"unverified_list"`, `"meu"`).
+    pub list: String,
+    /// Confirmed, potential or cleared.
+    pub status: ScreeningStatus,
+    /// The list entry matched, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+}
+
+/// A license, license exception or government authorization held by an
+/// organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authorization {
+    /// Authorization id (license number).
+    pub id: String,
+    /// The legal basis it is granted under (`"EAR 734.13"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<String>,
+    /// Model tags it covers.
+    #[serde(default)]
+    pub model_tags: Vec<String>,
+    /// Nationalities it covers (empty: any).
+    #[serde(default)]
+    pub nationalities: Vec<CountryCode>,
+    /// Subjects it covers (empty: any member of the organization).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Relationships it covers (empty: any).
+    #[serde(default)]
+    pub relationships: Vec<Relationship>,
+    /// First day of validity (`YYYY-MM-DD`, inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<String>,
+    /// Last day of validity (`YYYY-MM-DD`, inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
+}
+
+/// The eligibility data of one organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    /// Organization id.
+    pub id: String,
+    /// Per-key version; an older version never replaces a newer one.
+    pub version: u64,
+    /// When this version was written.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub updated_at: Option<OffsetDateTime>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Country of the headquarters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headquarters: Option<CountryCode>,
+    /// Owners with their (direct plus indirect) percentages.
+    #[serde(default)]
+    pub owners: Vec<Owner>,
+    /// Restricted-party screening hits.
+    #[serde(default)]
+    pub screening_hits: Vec<ScreeningHit>,
+    /// Authorizations held.
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
+}
+
+// ---------------------------------------------------------------------------
+// Decision
+// ---------------------------------------------------------------------------
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The subject may use the model.
+    Allow,
+    /// The subject may not use the model.
+    Deny,
+}
+
+impl Outcome {
+    /// `"allow"` or `"deny"`, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
+/// The version of one eligibility record a decision used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordVersion {
+    /// Record id.
+    pub id: String,
+    /// Record version.
+    pub version: u64,
+}
+
+/// The versions a decision was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// Policy id.
+    pub policy_id: String,
+    /// Policy version.
+    pub policy_version: String,
+    /// Version of the country lists and tables the policy carries.
+    pub data_version: String,
+    /// The subject record used, if there was one.
+    pub subject: Option<RecordVersion>,
+    /// The organization record used, if there was one.
+    pub organization: Option<RecordVersion>,
+}
+
+/// The exact inputs of a decision: enough to decide again without the
+/// change feed's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionInputs {
+    /// The request, as decoded.
+    pub request: AccessRequest,
+    /// The subject's eligibility record at decision time.
+    pub subject: Option<UserRecord>,
+    /// The organization's eligibility record at decision time.
+    pub organization: Option<OrgRecord>,
+}
+
+/// Where a record came from in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCoordinates {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// An allow or deny decision, published on `access.decisions` keyed by
+/// `request_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The request decided.
+    pub request_id: String,
+    /// Allow or deny.
+    pub outcome: Outcome,
+    /// Stable reason codes (see `decide::reason`), most important first.
+    pub reasons: Vec<String>,
+    /// Ids of the policy rules that matched.
+    pub rule_ids: Vec<String>,
+    /// Legal bases of the rules that matched.
+    #[serde(default)]
+    pub legal_basis: Vec<String>,
+    /// Obligations attached to a deny (`"reverify"`, `"manual_review"`).
+    #[serde(default)]
+    pub obligations: Vec<String>,
+    /// Versions of the policy and records used.
+    pub versions: Versions,
+    /// The exact inputs; absent only for malformed requests.
+    pub inputs: Option<DecisionInputs>,
+    /// When the engine decided (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub decided_at: OffsetDateTime,
+    /// Where the request was read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceCoordinates>,
+    /// The engine instance that decided.
+    #[serde(default)]
+    pub engine_instance: String,
+}
+
+// ---------------------------------------------------------------------------
+// Dead letter
+// ---------------------------------------------------------------------------
+
+/// A record that could not be processed, published on `access.deadletter`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Stable error code (`"invalid_json"`, `"missing_field"`, ...).
+    pub error_kind: String,
+    /// Human-readable error.
+    pub error: String,
+    /// Where the record was read from.
+    pub source: SourceCoordinates,
+    /// The record key, lossily decoded as UTF-8, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The original bytes, base64 (standard alphabet, padded), truncated to
+    /// the configured limit.
+    pub payload_base64: String,
+    /// Size of the original payload in bytes.
+    pub payload_size: usize,
+    /// Whether `payload_base64` holds fewer bytes than the original.
+    pub truncated: bool,
+    /// The request id, if one could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When the engine dead-lettered it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+// ---------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    /// The record has no value.
+    #[error("record has no value")]
+    Empty,
+    /// The bytes are not UTF-8.
+    #[error("payload is not valid UTF-8: {0}")]
+    NotUtf8(String),
+    /// The bytes are not JSON.
+    #[error("payload is not JSON: {0}")]
+    InvalidJson(String),
+    /// JSON, but not a valid document of the expected type.
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+    /// A required field is missing.
+    #[error("missing field: {0}")]
+    MissingField(String),
+    /// A field has a value that is not allowed.
+    #[error("invalid field {field}: {message}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl DecodeError {
+    /// Stable error code, used in dead letters and as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::NotUtf8(_) => "not_utf8",
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::InvalidDocument(_) => "invalid_document",
+            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::InvalidField { .. } => "invalid_field",
+        }
+    }
+}
+
+fn classify(e: serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    let msg = e.to_string();
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => DecodeError::InvalidJson(msg),
+        Category::Data => {
+            if let Some(rest) = msg.strip_prefix("missing field `") {
+                let field = rest.split('`').next().unwrap_or("").to_string();
+                DecodeError::MissingField(field)
+            } else {
+                DecodeError::InvalidDocument(msg)
+            }
+        }
+    }
+}
+
+/// Oldest and newest event times accepted (years 2000 to 2200): anything
+/// outside is a broken clock or a hostile input.
+const MIN_EVENT_YEAR: i32 = 2000;
+const MAX_EVENT_YEAR: i32 = 2200;
+
+/// Decode an access request, checking the fields the schema requires.
+pub fn decode_request(bytes: &[u8]) -> Result<AccessRequest, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
+    let req: AccessRequest = serde_json::from_str(text).map_err(classify)?;
+    if req.request_id.is_empty() {
+        return Err(DecodeError::InvalidField {
+            field: "request_id",
+            message: "must not be empty".into(),
+        });
+    }
+    if req.subject_id.is_empty() {
+        return Err(DecodeError::InvalidField {
+            field: "subject_id",
+            message: "must not be empty".into(),
+        });
+    }
+    if req.model.is_empty() {
+        return Err(DecodeError::InvalidField {
+            field: "model",
+            message: "must not be empty".into(),
+        });
+    }
+    let year = req.event_time.year();
+    if !(MIN_EVENT_YEAR..=MAX_EVENT_YEAR).contains(&year) {
+        return Err(DecodeError::InvalidField {
+            field: "event_time",
+            message: format!("year {year} is outside {MIN_EVENT_YEAR}..={MAX_EVENT_YEAR}"),
+        });
+    }
+    if let Some(c) = req.geo.as_ref().and_then(|g| g.confidence) {
+        if !(0.0..=1.0).contains(&c) {
+            return Err(DecodeError::InvalidField {
+                field: "geo.confidence",
+                message: format!("{c} is outside 0.0..=1.0"),
+            });
+        }
+    }
+    Ok(req)
+}
+
+/// Best effort: the `request_id` of a payload that failed to decode, so
+/// that a deny decision can still be published for it.
+pub fn salvage_request_id(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Partial {
+        request_id: String,
+    }
+    let p: Partial = serde_json::from_slice(bytes).ok()?;
+    (!p.request_id.is_empty()).then_some(p.request_id)
+}
+
+/// Decode a change-feed value. The key must match the record's kind and id.
+pub fn decode_eligibility(key: &[u8], bytes: &[u8]) -> Result<EligibilityRecord, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
+    let rec: EligibilityRecord = serde_json::from_str(text).map_err(classify)?;
+    let expected = rec.key();
+    if key != expected.as_bytes() {
+        return Err(DecodeError::InvalidField {
+            field: "key",
+            message: format!(
+                "record key {:?} does not match the document ({expected:?})",
+                String::from_utf8_lossy(key)
+            ),
+        });
+    }
+    Ok(rec)
+}
+
+/// The kind of a change-feed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `user:<id>`.
+    User,
+    /// `organization:<id>`.
+    Organization,
+}
+
+/// Parse a change-feed key into its kind and id.
+pub fn parse_eligibility_key(key: &[u8]) -> Result<(KeyKind, &str), DecodeError> {
+    let text = std::str::from_utf8(key).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
+    if let Some(id) = text.strip_prefix("user:") {
+        if !id.is_empty() {
+            return Ok((KeyKind::User, id));
+        }
+    }
+    if let Some(id) = text.strip_prefix("organization:") {
+        if !id.is_empty() {
+            return Ok((KeyKind::Organization, id));
+        }
+    }
+    Err(DecodeError::InvalidField {
+        field: "key",
+        message: format!("{text:?} is not `user:<id>` or `organization:<id>`"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &str = r#"{"request_id":"r1","event_time":"2026-11-28T12:00:00Z","subject_id":"u1","model":"fable-5","geo":{"country":"US","confidence":0.9},"future_field":1}"#;
+
+    #[test]
+    fn request_decodes_and_ignores_unknown_fields() {
+        let r = decode_request(REQ.as_bytes()).unwrap();
+        assert_eq!(r.request_id, "r1");
+        assert_eq!(r.geo.unwrap().country.as_deref(), Some("US"));
+    }
+
+    #[test]
+    fn not_json_is_invalid_json() {
+        let e = decode_request(b"hello").unwrap_err();
+        assert_eq!(e.kind(), "invalid_json");
+        assert_eq!(salvage_request_id(b"hello"), None);
+    }
+
+    #[test]
+    fn missing_subject_is_reported_and_request_id_salvaged() {
+        let doc = br#"{"request_id":"r9","event_time":"2026-11-28T12:00:00Z","model":"m"}"#;
+        let e = decode_request(doc).unwrap_err();
+        assert_eq!(e, DecodeError::MissingField("subject_id".into()));
+        assert_eq!(salvage_request_id(doc).as_deref(), Some("r9"));
+    }
+
+    #[test]
+    fn invalid_utf8_and_absurd_time_are_rejected() {
+        assert_eq!(
+            decode_request(&[0xff, 0xfe]).unwrap_err().kind(),
+            "not_utf8"
+        );
+        let doc = REQ.replace("2026-11-28", "1969-01-01");
+        assert_eq!(
+            decode_request(doc.as_bytes()).unwrap_err().kind(),
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn eligibility_key_must_match() {
+        let doc = br#"{"kind":"user","id":"u1","version":2,"us_person_status":"citizen"}"#;
+        assert!(decode_eligibility(b"user:u1", doc).is_ok());
+        assert_eq!(
+            decode_eligibility(b"user:u2", doc).unwrap_err().kind(),
+            "invalid_field"
+        );
+        assert_eq!(
+            parse_eligibility_key(b"organization:o1").unwrap(),
+            (KeyKind::Organization, "o1")
+        );
+        assert!(parse_eligibility_key(b"bogus").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! Kafka client configuration and topic administration. No business logic.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{KafkaConfig, TopicsConfig};
+
+/// Whether retrying an operation can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHint {
+    /// A transient condition (broker down, timeout, full queue): retry.
+    Retryable,
+    /// Retrying will not help (bad config, authorization, invalid topic).
+    Fatal,
+}
+
+/// Errors at the Kafka boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaBoundaryError {
+    /// A client could not be created from the configuration.
+    #[error("cannot create Kafka {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// The cause.
+        source: KafkaError,
+    },
+    /// Topic administration failed.
+    #[error("topic {topic}: {message}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        message: String,
+        /// Whether a retry can help.
+        hint: RetryHint,
+    },
+    /// Metadata or watermarks could not be fetched.
+    #[error("cannot fetch metadata for {topic}: {source}")]
+    Metadata {
+        /// The topic.
+        topic: String,
+        /// The cause.
+        source: KafkaError,
+    },
+}
+
+impl KafkaBoundaryError {
+    /// Whether retrying can help.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            KafkaBoundaryError::Client { .. } => RetryHint::Fatal,
+            KafkaBoundaryError::Topic { hint, .. } => *hint,
+            KafkaBoundaryError::Metadata { .. } => RetryHint::Retryable,
+        }
+    }
+}
+
+/// Whether a librdkafka error code is worth retrying.
+pub fn hint_for(code: RDKafkaErrorCode) -> RetryHint {
+    use RDKafkaErrorCode::*;
+    match code {
+        TopicAuthorizationFailed
+        | GroupAuthorizationFailed
+        | ClusterAuthorizationFailed
+        | InvalidConfig
+        | InvalidTopic
+        | MessageSizeTooLarge
+        | InvalidRecord
+        | UnsupportedVersion
+        | InvalidPartitions
+        | InvalidReplicationFactor
+        | PolicyViolation => RetryHint::Fatal,
+        _ => RetryHint::Retryable,
+    }
+}
+
+/// The base client configuration: bootstrap servers and the pass-through
+/// properties (security settings among them).
+pub fn base_config(k: &KafkaConfig, client_suffix: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("client.id", format!("{}-{}", k.client_id, client_suffix));
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Describe a client config for logs, with every secret-looking value
+/// replaced by `***`.
+pub fn redacted(c: &ClientConfig) -> String {
+    let mut pairs: Vec<String> = c
+        .config_map()
+        .iter()
+        .map(|(k, v)| {
+            let secret = ["password", "secret", "key", "token", "jaas"]
+                .iter()
+                .any(|s| k.contains(s));
+            format!("{k}={}", if secret { "***" } else { v })
+        })
+        .collect();
+    pairs.sort();
+    pairs.join(" ")
+}
+
+/// The four topics with their configs, as `(name, partitions, configs)`.
+pub fn topic_specs(t: &TopicsConfig) -> Vec<(String, i32, Vec<(&'static str, &'static str)>)> {
+    vec![
+        (t.requests.clone(), t.partitions, vec![]),
+        (
+            t.eligibility.clone(),
+            t.partitions,
+            vec![
+                ("cleanup.policy", "compact"),
+                ("min.compaction.lag.ms", "0"),
+                ("segment.ms", "600000"),
+            ],
+        ),
+        (t.decisions.clone(), t.partitions, vec![]),
+        (t.deadletter.clone(), t.partitions.min(3), vec![]),
+    ]
+}
+
+/// Create every missing topic; existing topics are left alone.
+/// Returns the names created.
+pub async fn create_topics(
+    k: &KafkaConfig,
+    t: &TopicsConfig,
+) -> Result<Vec<String>, KafkaBoundaryError> {
+    let admin: AdminClient<DefaultClientContext> =
+        base_config(k, "admin")
+            .create()
+            .map_err(|source| KafkaBoundaryError::Client {
+                what: "admin client",
+                source,
+            })?;
+    let specs = topic_specs(t);
+    let new: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|(name, parts, cfgs)| {
+            let mut nt = NewTopic::new(name, *parts, TopicReplication::Fixed(t.replication_factor));
+            for (ck, cv) in cfgs {
+                nt = nt.set(ck, cv);
+            }
+            nt
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .map_err(|e| KafkaBoundaryError::Topic {
+                topic: specs
+                    .iter()
+                    .map(|s| s.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                message: e.to_string(),
+                hint: RetryHint::Retryable,
+            })?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaBoundaryError::Topic {
+                    topic: name,
+                    message: code.to_string(),
+                    hint: hint_for(code),
+                })
+            }
+        }
+    }
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut k = KafkaConfig::default();
+        k.properties
+            .insert("sasl.password".into(), "hunter2".into());
+        k.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        let s = redacted(&base_config(&k, "x"));
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("security.protocol=SASL_SSL"));
+        assert!(s.contains("sasl.password=***"));
+    }
+
+    #[test]
+    fn eligibility_topic_is_compacted() {
+        let specs = topic_specs(&TopicsConfig::default());
+        let elig = specs.iter().find(|s| s.0 == "eligibility.changes").unwrap();
+        assert!(elig.2.contains(&("cleanup.policy", "compact")));
+    }
+}

@@ -1,0 +1,37 @@
+//! # clearance
+//!
+//! A streaming decision engine: for every request to use an AI model, it
+//! decides in real time whether the user is cleared to use that model under
+//! export-control policy, and publishes the decision with its reasons and the
+//! exact inputs and versions it used.
+//!
+//! # Layout
+//!
+//! - [`event`]: wire types (request, eligibility record, decision, dead
+//!   letter) and their decoders. No I/O.
+//! - [`policy`]: the policy file model, validation, compilation. No I/O but
+//!   reading the file it is given.
+//! - [`decide`]: the one pure function that every tool calls.
+//! - [`eligibility`]: the DashMap store and the change-feed task.
+//! - [`pipeline`]: the consumer-group request path, offsets stored only after
+//!   delivery.
+//! - [`kafka`]: client configuration and topic admin.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`,
+//!   `/status`).
+//! - [`metrics`]: every metric name, in one place.
+//! - [`config`]: the typed, layered configuration.
+//! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
+//! - [`loadgen`], [`demo`]: tools built on the same core.
+
+pub mod admin;
+pub mod config;
+pub mod decide;
+pub mod demo;
+pub mod eligibility;
+pub mod engine;
+pub mod event;
+pub mod kafka;
+pub mod loadgen;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;

@@ -1,0 +1,222 @@
+//! The `clearance` command: parses the CLI, loads the configuration, and
+//! calls into the library. All logic lives in the `clearance` crate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use clearance::config::{self, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "clearance",
+    version,
+    about = "Streaming export-control decisions for AI model access"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Configuration file (TOML). Defaults, then this file, then CLEARANCE_* variables.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the configuration).
+    #[arg(long)]
+    bootstrap: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let mut cfg = config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(b) = &self.bootstrap {
+            cfg.kafka.bootstrap_servers = b.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine.
+    Run(ConfigArgs),
+    /// Run the whole pipeline on synthetic data, in one command.
+    Demo {
+        /// Use this broker; without it, an in-process librdkafka mock cluster.
+        #[arg(long)]
+        bootstrap: Option<String>,
+        /// Synthetic subjects.
+        #[arg(long, default_value_t = 2000)]
+        subjects: usize,
+        /// Requests.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Admin listen address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+        /// Keep the engine serving after the demo, until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Publish synthetic requests and measure decisions.
+    Loadgen {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Requests to send.
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+        /// Requests per second (omit for as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Synthetic subjects.
+        #[arg(long, default_value_t = 10_000)]
+        subjects: usize,
+        /// Do not publish the subjects' eligibility records first.
+        #[arg(long)]
+        no_seed: bool,
+        /// Engine admin address, to wait until it has applied the seeded feed.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Give up waiting for decisions after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Topic administration.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Check a configuration: print the effective values, or every error.
+    Config(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create the four topics (existing ones are left alone).
+    Create(ConfigArgs),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A root token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = args.load()?;
+            let shutdown = shutdown_on_signals();
+            clearance::engine::run(cfg, shutdown).await?;
+        }
+        Command::Demo {
+            bootstrap,
+            subjects,
+            requests,
+            admin,
+            hold,
+        } => {
+            if subjects < 10 {
+                bail!("--subjects must be at least 10 (one of each category)");
+            }
+            let shutdown = shutdown_on_signals();
+            clearance::demo::run(
+                clearance::demo::DemoOptions {
+                    bootstrap,
+                    subjects,
+                    requests,
+                    admin_listen: admin,
+                    hold,
+                },
+                shutdown,
+            )
+            .await?;
+        }
+        Command::Loadgen {
+            config,
+            requests,
+            rate,
+            subjects,
+            no_seed,
+            admin,
+            timeout_secs,
+        } => {
+            let cfg = config.load()?;
+            if rate == Some(0) {
+                bail!("--rate must be positive (omit it for as fast as possible)");
+            }
+            let report = clearance::loadgen::run(clearance::loadgen::LoadOptions {
+                bootstrap: cfg.kafka.bootstrap_servers.clone(),
+                requests_topic: cfg.topics.requests.clone(),
+                decisions_topic: cfg.topics.decisions.clone(),
+                eligibility_topic: cfg.topics.eligibility.clone(),
+                requests,
+                rate,
+                subjects: subjects.max(10),
+                seed: !no_seed,
+                admin,
+                timeout: Duration::from_secs(timeout_secs),
+                run_id: format!("lg{}-", std::process::id()),
+            })
+            .await
+            .context("load generation failed")?;
+            println!("{report}");
+            if report.decided < report.sent {
+                bail!(
+                    "only {} of {} requests were decided within {timeout_secs} s",
+                    report.decided,
+                    report.sent
+                );
+            }
+        }
+        Command::Topics {
+            command: TopicsCommand::Create(args),
+        } => {
+            let cfg = args.load()?;
+            let created = clearance::kafka::create_topics(&cfg.kafka, &cfg.topics).await?;
+            if created.is_empty() {
+                println!("all topics already exist");
+            } else {
+                println!("created: {}", created.join(", "));
+            }
+        }
+        Command::Config(args) => {
+            let cfg = args.load()?;
+            print!("{}", toml::to_string_pretty(&cfg)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Every metric clearance exports, in one place: `clearance_<what>_<unit>`,
+//! `_total` for counters. Labels are bounded (outcome, reason, model,
+//! partition, kind, error); never a user id.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Counter: decisions published, by `outcome` and `reason` (one increment
+/// per reason of the decision) and `model` (the catalog id, or `unknown`).
+pub const DECISIONS_TOTAL: &str = "clearance_decisions_total";
+/// Histogram: seconds from the request's event time to its decision.
+pub const DECISION_LATENCY_SECONDS: &str = "clearance_decision_latency_seconds";
+/// Histogram: seconds spent decoding, deciding and encoding one request.
+pub const PROCESSING_SECONDS: &str = "clearance_processing_seconds";
+/// Gauge: messages behind the high watermark, per `partition` of the request topic.
+pub const CONSUMER_LAG_MESSAGES: &str = "clearance_consumer_lag_messages";
+/// Gauge: eligibility records held, by `kind` (`user`, `organization`).
+pub const ELIGIBILITY_RECORDS: &str = "clearance_eligibility_records";
+/// Counter: change-feed records applied, by `result` (inserted, updated,
+/// stale, deleted, absent, invalid).
+pub const ELIGIBILITY_APPLIED_TOTAL: &str = "clearance_eligibility_applied_total";
+/// Gauge: change-feed messages not yet applied, per `partition`.
+pub const FEED_LAG_MESSAGES: &str = "clearance_feed_lag_messages";
+/// Gauge: seconds since the Kafka timestamp of the last applied change-feed record.
+pub const FEED_LAST_RECORD_AGE_SECONDS: &str = "clearance_feed_last_record_age_seconds";
+/// Gauge: 1 once the change feed has caught up with the startup high watermarks.
+pub const READY: &str = "clearance_ready";
+/// Counter: dead-letter records, by `source` (requests, eligibility) and `error`.
+pub const DEADLETTERS_TOTAL: &str = "clearance_deadletters_total";
+/// Counter: times a full producer queue made the pipeline wait (backpressure).
+pub const PRODUCER_BACKPRESSURE_TOTAL: &str = "clearance_producer_backpressure_total";
+/// Counter: deliveries that failed permanently, by `topic` kind.
+pub const DELIVERY_FAILURES_TOTAL: &str = "clearance_delivery_failures_total";
+/// Counter: offsets stored for commit after confirmed delivery.
+pub const OFFSETS_STORED_TOTAL: &str = "clearance_offsets_stored_total";
+/// Gauge: decisions produced but not yet confirmed delivered.
+pub const IN_FLIGHT_MESSAGES: &str = "clearance_in_flight_messages";
+/// Counter: consumer-group rebalances, by `kind` (assign, revoke).
+pub const REBALANCES_TOTAL: &str = "clearance_rebalances_total";
+/// Gauge: policy info (value 1), labelled with `policy_id` and `policy_version`.
+pub const POLICY_INFO: &str = "clearance_policy_info";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the Prometheus recorder (once per process) and describe every
+/// metric. Later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .expect("static bucket list is non-empty");
+            let handle = match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (e.g. by an embedding
+                // program): keep a private one so /metrics still renders.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        DECISIONS_TOTAL,
+        "Decisions published, by outcome, reason and model."
+    );
+    describe_histogram!(
+        DECISION_LATENCY_SECONDS,
+        Unit::Seconds,
+        "From the request's event time to its decision."
+    );
+    describe_histogram!(
+        PROCESSING_SECONDS,
+        Unit::Seconds,
+        "Decode, decide and encode time of one request."
+    );
+    describe_gauge!(CONSUMER_LAG_MESSAGES, "Request-topic lag per partition.");
+    describe_gauge!(ELIGIBILITY_RECORDS, "Eligibility records held, by kind.");
+    describe_counter!(
+        ELIGIBILITY_APPLIED_TOTAL,
+        "Change-feed records applied, by result."
+    );
+    describe_gauge!(FEED_LAG_MESSAGES, "Change-feed lag per partition.");
+    describe_gauge!(
+        FEED_LAST_RECORD_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the last applied change-feed record."
+    );
+    describe_gauge!(READY, "1 once the eligibility cache has caught up.");
+    describe_counter!(
+        DEADLETTERS_TOTAL,
+        "Dead-letter records, by source and error."
+    );
+    describe_counter!(
+        PRODUCER_BACKPRESSURE_TOTAL,
+        "Waits caused by a full producer queue."
+    );
+    describe_counter!(DELIVERY_FAILURES_TOTAL, "Permanently failed deliveries.");
+    describe_counter!(
+        OFFSETS_STORED_TOTAL,
+        "Offsets stored after confirmed delivery."
+    );
+    describe_gauge!(IN_FLIGHT_MESSAGES, "Produced, not yet confirmed.");
+    describe_counter!(REBALANCES_TOTAL, "Consumer-group rebalances.");
+    describe_gauge!(POLICY_INFO, "The active policy (labels).");
+}

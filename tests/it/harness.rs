@@ -1,0 +1,213 @@
+//! The shared broker harness: one real Apache Kafka broker per test run,
+//! started by `scripts/kafka up` (or the broker named by
+//! `KAFKA_BOOTSTRAP_SERVERS`), and helpers for topics, engines and records.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clearance::config::Config;
+use clearance::engine::{self, EngineHandle};
+use clearance::event::{Decision, EligibilityRecord};
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+static BROKER: OnceLock<Result<String, String>> = OnceLock::new();
+
+/// The bootstrap address of the test broker. Panics with instructions when
+/// no broker can be had.
+pub fn bootstrap() -> String {
+    BROKER
+        .get_or_init(|| {
+            if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+                if !b.trim().is_empty() {
+                    return Ok(b);
+                }
+            }
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka");
+            let out = Command::new("bash")
+                .arg(script)
+                .arg("up")
+                .arg("--owner-pid")
+                .arg(std::process::id().to_string())
+                .output()
+                .map_err(|e| format!("cannot run {script}: {e}"))?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().last().unwrap_or("").trim().to_string();
+            if !out.status.success() || line.is_empty() {
+                return Err(format!(
+                    "{script} up failed ({}):\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            eprintln!("test broker: {line}");
+            Ok(line)
+        })
+        .clone()
+        .unwrap_or_else(|e| {
+            panic!(
+                "no Kafka broker for the integration tests.\n{e}\n\
+                 The tests start a real Apache Kafka 4.x broker with scripts/kafka, which needs \
+                 Java 17+ and Maven (Debian/Ubuntu: apt-get install openjdk-17-jre-headless maven). \
+                 Or point them at a running broker: KAFKA_BOOTSTRAP_SERVERS=host:port cargo test"
+            )
+        })
+}
+
+/// A name unique to this run.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::thread_rng().gen();
+    format!("{prefix}-{n:016x}")
+}
+
+/// A configuration for one test: its own topics, group and admin port.
+pub fn test_config(name: &str) -> Config {
+    let mut cfg = Config::default();
+    let id = unique(name);
+    cfg.kafka.bootstrap_servers = bootstrap();
+    cfg.kafka.group_id = format!("g-{id}");
+    cfg.topics.requests = format!("{id}.requests");
+    cfg.topics.eligibility = format!("{id}.eligibility");
+    cfg.topics.decisions = format!("{id}.decisions");
+    cfg.topics.deadletter = format!("{id}.deadletter");
+    cfg.topics.partitions = 3;
+    cfg.admin.listen = "127.0.0.1:0".into();
+    cfg.engine.commit_interval_ms = 200;
+    cfg.engine.instance_id = id;
+    cfg
+}
+
+/// Create the topics of `cfg`.
+pub async fn create_topics(cfg: &Config) {
+    clearance::kafka::create_topics(&cfg.kafka, &cfg.topics)
+        .await
+        .expect("create topics");
+}
+
+/// Start an in-process engine.
+pub async fn start_engine(cfg: &Config) -> (EngineHandle, CancellationToken) {
+    let stop = CancellationToken::new();
+    let h = engine::start(cfg.clone(), stop.clone())
+        .await
+        .expect("engine starts");
+    (h, stop)
+}
+
+/// Stop an in-process engine and check it stopped cleanly.
+pub async fn stop_engine(h: EngineHandle, stop: CancellationToken) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(60), h.join)
+        .await
+        .expect("engine stops within 60 s")
+        .expect("engine task")
+        .expect("engine stopped without error");
+}
+
+/// A producer for test input.
+pub fn producer() -> BaseProducer {
+    clearance::loadgen::data_producer(&bootstrap()).expect("producer")
+}
+
+/// Publish eligibility records and flush.
+pub fn publish_records(p: &BaseProducer, cfg: &Config, recs: &[EligibilityRecord]) {
+    clearance::loadgen::publish_eligibility(p, &cfg.topics.eligibility, recs).expect("publish");
+}
+
+/// Publish raw request payloads (key = subject) and flush.
+pub fn publish_raw(p: &BaseProducer, topic: &str, items: &[(Vec<u8>, Vec<u8>)]) {
+    for (k, v) in items {
+        clearance::loadgen::send_blocking(p, topic, k, Some(v)).expect("send");
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// A consumer reading every partition of `topic` from the beginning.
+pub fn reader(topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("tpl");
+        }
+    }
+    c.assign(&tpl).expect("assign");
+    c
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub payload: Vec<u8>,
+}
+
+/// Read from `c` until `done(records so far)` or the timeout.
+pub fn read_until(
+    c: &BaseConsumer,
+    timeout: Duration,
+    mut done: impl FnMut(&[Read]) -> bool,
+) -> Vec<Read> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(Read {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| k.to_vec()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// Decode decisions; panics on a record that is not a decision.
+pub fn decisions(reads: &[Read]) -> Vec<Decision> {
+    reads
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("decision JSON"))
+        .collect()
+}
+
+/// First decision per request id.
+pub fn first_by_request(ds: &[Decision]) -> BTreeMap<String, Decision> {
+    let mut m = BTreeMap::new();
+    for d in ds {
+        m.entry(d.request_id.clone()).or_insert_with(|| d.clone());
+    }
+    m
+}
+
+/// Wait until the engine reports the feed applied up to the current end of
+/// the eligibility topic.
+pub async fn wait_feed_applied(h: &EngineHandle, cfg: &Config) {
+    let targets =
+        clearance::loadgen::high_watermarks(&bootstrap(), &cfg.topics.eligibility).expect("hw");
+    clearance::loadgen::wait_for_feed(h.admin_addr, &targets, Duration::from_secs(120))
+        .await
+        .expect("feed applied");
+}

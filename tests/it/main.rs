@@ -1,0 +1,8 @@
+//! The integration test binary: every test runs against a real Apache Kafka
+//! broker (started once per run by `scripts/kafka`, or the one named by
+//! `KAFKA_BOOTSTRAP_SERVERS`).
+
+mod harness;
+mod pipeline;
+mod process;
+mod schemas_stub;

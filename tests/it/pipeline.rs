@@ -1,0 +1,355 @@
+//! End-to-end tests of the request path against the real broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clearance::event::{
+    AccessRequest, DeadLetter, Decision, EligibilityRecord, Outcome, Revocation,
+};
+use clearance::loadgen::{self, Category, Subject};
+use time::OffsetDateTime;
+
+use crate::harness::*;
+use crate::schemas_stub as schemas;
+
+fn records(subjects: &[Subject]) -> Vec<EligibilityRecord> {
+    subjects
+        .iter()
+        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
+        .collect()
+}
+
+fn request_bytes(r: &AccessRequest) -> (Vec<u8>, Vec<u8>) {
+    (
+        r.subject_id.as_bytes().to_vec(),
+        serde_json::to_vec(r).unwrap(),
+    )
+}
+
+fn check_evidence(d: &Decision) {
+    assert!(!d.reasons.is_empty(), "{}: no reasons", d.request_id);
+    assert!(
+        !d.versions.policy_id.is_empty(),
+        "{}: no policy id",
+        d.request_id
+    );
+    assert!(
+        !d.versions.policy_version.is_empty(),
+        "{}: no policy version",
+        d.request_id
+    );
+    let inputs = d.inputs.as_ref().expect("inputs recorded");
+    assert_eq!(inputs.request.request_id, d.request_id);
+    assert_eq!(
+        d.versions
+            .subject
+            .as_ref()
+            .map(|v| (v.id.clone(), v.version)),
+        inputs.subject.as_ref().map(|s| (s.id.clone(), s.version)),
+        "{}: subject version must match the recorded subject",
+        d.request_id
+    );
+}
+
+/// Mixed load: 10,000 requests over 3 partitions; every outcome as expected,
+/// every decision with reasons and versions, valid against the schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_load_gets_expected_outcomes() {
+    let cfg = test_config("mixed");
+    create_topics(&cfg).await;
+    let subjects: Vec<Subject> = (0..1000).map(|i| loadgen::subject("mx", i)).collect();
+    let p = producer();
+    publish_records(&p, &cfg, &records(&subjects));
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+
+    const N: usize = 10_000;
+    let mut expected = BTreeMap::new();
+    let mut batch = Vec::with_capacity(N);
+    for i in 0..N {
+        let s = &subjects[i % subjects.len()];
+        let model = loadgen::model_for(i);
+        let req = loadgen::request(s, format!("mx-{i}"), model);
+        expected.insert(
+            req.request_id.clone(),
+            (
+                s.category,
+                model,
+                s.category.expected(model),
+                s.category.expected_reason(model),
+            ),
+        );
+        batch.push(request_bytes(&req));
+    }
+    publish_raw(&p, &cfg.topics.requests, &batch);
+
+    let c = reader(&cfg.topics.decisions);
+    let reads =
+        tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(180), |r| r.len() >= N));
+    let ds = decisions(&reads);
+    let first = first_by_request(&ds);
+    assert_eq!(first.len(), N, "every request gets a decision");
+    let partitions: std::collections::BTreeSet<i32> = ds
+        .iter()
+        .filter_map(|d| d.source.as_ref().map(|s| s.partition))
+        .collect();
+    assert_eq!(partitions.len(), 3, "requests came from 3 partitions");
+
+    let mut by_category: BTreeMap<(Category, &str, Outcome), usize> = BTreeMap::new();
+    for (id, (cat, model, outcome, reason)) in &expected {
+        let d = &first[id];
+        assert_eq!(
+            d.outcome, *outcome,
+            "{id} ({cat:?} on {model}): {:?}",
+            d.reasons
+        );
+        assert_eq!(
+            d.reasons.first().map(String::as_str),
+            Some(*reason),
+            "{id} ({cat:?} on {model}): reasons {:?}",
+            d.reasons
+        );
+        check_evidence(d);
+        *by_category.entry((*cat, model, *outcome)).or_default() += 1;
+    }
+    // The mix really is mixed: allows and denies of several kinds.
+    assert!(by_category.len() >= 20, "{by_category:?}");
+
+    for r in &reads {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        schemas::validate("decision", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
+    }
+    stop_engine(h, stop).await;
+}
+
+/// Revocation: once applied (seen on /status), the next request of the
+/// subject is denied, and no allow follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_denies_the_next_request() {
+    let cfg = test_config("revoke");
+    create_topics(&cfg).await;
+    let s = loadgen::subject("rv", 0);
+    assert_eq!(s.category, Category::UsCitizen);
+    let p = producer();
+    publish_records(&p, &cfg, &records(std::slice::from_ref(&s)));
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+
+    // Requests flow before, during and after the revocation.
+    let send = |range: std::ops::Range<usize>| {
+        let batch: Vec<_> = range
+            .map(|i| {
+                request_bytes(&loadgen::request(
+                    &s,
+                    format!("rv-{i:05}"),
+                    loadgen::TAGGED_MODEL,
+                ))
+            })
+            .collect();
+        publish_raw(&p, &cfg.topics.requests, &batch);
+    };
+    send(0..50);
+    let c = reader(&cfg.topics.decisions);
+    let before =
+        tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(60), |r| r.len() >= 50));
+    assert!(
+        decisions(&before)
+            .iter()
+            .all(|d| d.outcome == Outcome::Allow),
+        "a verified U.S. citizen is allowed before the revocation"
+    );
+
+    let mut rec = s.record.clone().unwrap();
+    rec.version = 2;
+    rec.revocation = Some(Revocation {
+        revoked_at: OffsetDateTime::now_utc(),
+        reason: Some("test".into()),
+    });
+    publish_records(&p, &cfg, &[EligibilityRecord::User(rec)]);
+    send(50..100); // racing with the revocation: either outcome is fine here
+    wait_feed_applied(&h, &cfg).await; // observed through /status
+    send(100..150);
+
+    let rest =
+        tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(60), |r| r.len() >= 100));
+    let mut all = decisions(&before);
+    all.extend(decisions(&rest));
+    let first = first_by_request(&all);
+    assert_eq!(first.len(), 150);
+    // In request order (one subject: one partition, processed in order).
+    let mut revoked_seen = false;
+    for (id, d) in &first {
+        let i: usize = id[3..].parse().unwrap();
+        if i >= 100 {
+            assert_eq!(
+                d.outcome,
+                Outcome::Deny,
+                "{id} after the revocation was applied"
+            );
+            assert_eq!(d.reasons, vec!["subject_revoked".to_string()], "{id}");
+            assert_eq!(d.versions.subject.as_ref().unwrap().version, 2);
+        }
+        if d.outcome == Outcome::Deny {
+            revoked_seen = true;
+        } else {
+            assert!(!revoked_seen, "{id} allowed after a revoked deny");
+        }
+    }
+    stop_engine(h, stop).await;
+}
+
+/// Malformed input: dead letters with reason, original bytes and source
+/// coordinates; a deny where a request id could be read; the engine goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_dead_lettered() {
+    let mut cfg = test_config("malformed");
+    cfg.topics.partitions = 1; // so offsets are easy to predict
+    create_topics(&cfg).await;
+    let s = loadgen::subject("ml", 0);
+    let p = producer();
+    publish_records(&p, &cfg, &records(std::slice::from_ref(&s)));
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+
+    let not_json = b"this is not json {".to_vec();
+    let no_subject =
+        br#"{"request_id":"ml-nosubject","event_time":"2026-11-28T12:00:00Z","model":"fable-5"}"#
+            .to_vec();
+    let good = loadgen::request(&s, "ml-good".into(), loadgen::TAGGED_MODEL);
+    publish_raw(
+        &p,
+        &cfg.topics.requests,
+        &[
+            (b"k1".to_vec(), not_json.clone()),
+            (b"k2".to_vec(), no_subject.clone()),
+            request_bytes(&good),
+        ],
+    );
+
+    let dlc = reader(&cfg.topics.deadletter);
+    let dls =
+        tokio::task::block_in_place(|| read_until(&dlc, Duration::from_secs(60), |r| r.len() >= 2));
+    assert_eq!(dls.len(), 2);
+    let mut dl: Vec<DeadLetter> = dls
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            schemas::validate("dead-letter", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
+            serde_json::from_value(v).unwrap()
+        })
+        .collect();
+    dl.sort_by_key(|d| d.source.offset);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    assert_eq!(dl[0].error_kind, "invalid_json");
+    assert_eq!(b64.decode(&dl[0].payload_base64).unwrap(), not_json);
+    assert_eq!((dl[0].source.partition, dl[0].source.offset), (0, 0));
+    assert_eq!(dl[0].source.topic, cfg.topics.requests);
+    assert_eq!(dl[0].request_id, None);
+    assert_eq!(dl[1].error_kind, "missing_field");
+    assert!(dl[1].error.contains("subject_id"), "{}", dl[1].error);
+    assert_eq!(b64.decode(&dl[1].payload_base64).unwrap(), no_subject);
+    assert_eq!((dl[1].source.partition, dl[1].source.offset), (0, 1));
+    assert_eq!(dl[1].request_id.as_deref(), Some("ml-nosubject"));
+
+    let c = reader(&cfg.topics.decisions);
+    let ds = decisions(&tokio::task::block_in_place(|| {
+        read_until(&c, Duration::from_secs(60), |r| r.len() >= 2)
+    }));
+    let first = first_by_request(&ds);
+    let bad = &first["ml-nosubject"];
+    assert_eq!(bad.outcome, Outcome::Deny);
+    assert_eq!(bad.reasons, vec!["malformed_request".to_string()]);
+    assert!(first.contains_key("ml-good"), "the engine kept going");
+    assert_eq!(first.len(), 2, "no decision for the unreadable payload");
+    stop_engine(h, stop).await;
+}
+
+/// Startup: with 100,000 records already in the eligibility topic, no
+/// decision is made before the cache has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_decision_before_the_cache_caught_up() {
+    let cfg = test_config("startup");
+    create_topics(&cfg).await;
+    let p = producer();
+    // 100,000 records: 99,990 filler users, then 10 subjects whose *last*
+    // version (2) makes them U.S. citizens; version 1 was a restricted
+    // foreign national. A decision made early would deny.
+    const N: usize = 100_000;
+    let watched: Vec<Subject> = (0..100)
+        .map(|i| loadgen::subject("st", i))
+        .filter(|s| s.category == Category::UsCitizen)
+        .collect();
+    assert_eq!(watched.len(), 10);
+    let mut recs = Vec::with_capacity(N);
+    for s in &watched {
+        let mut v1 = s.record.clone().unwrap();
+        v1.us_person_status = clearance::event::UsPersonStatus::ForeignPerson;
+        v1.citizenships[0].country = "CN".into();
+        recs.push(EligibilityRecord::User(v1));
+    }
+    for i in 0..(N - 2 * watched.len()) {
+        if let Some(r) = loadgen::subject("fill", i).record {
+            recs.push(EligibilityRecord::User(r));
+        } else {
+            recs.push(EligibilityRecord::User(
+                loadgen::subject("fill", i + 1).record.unwrap(),
+            ));
+        }
+    }
+    for s in &watched {
+        let mut v2 = s.record.clone().unwrap();
+        v2.version = 2;
+        recs.push(EligibilityRecord::User(v2));
+    }
+    assert_eq!(recs.len(), N);
+    publish_records(&p, &cfg, &recs);
+    // The requests are waiting before the engine starts.
+    let batch: Vec<_> = watched
+        .iter()
+        .map(|s| {
+            request_bytes(&loadgen::request(
+                s,
+                format!("st-{}", s.id),
+                loadgen::TAGGED_MODEL,
+            ))
+        })
+        .collect();
+    publish_raw(&p, &cfg.topics.requests, &batch);
+
+    let (h, stop) = start_engine(&cfg).await;
+    let c = reader(&cfg.topics.decisions);
+    let ds = decisions(&tokio::task::block_in_place(|| {
+        read_until(&c, Duration::from_secs(180), |r| r.len() >= watched.len())
+    }));
+    assert_eq!(ds.len(), watched.len());
+    for d in &ds {
+        assert_eq!(
+            d.versions.subject.as_ref().map(|v| v.version),
+            Some(2),
+            "{} was decided on an old record",
+            d.request_id
+        );
+        assert_eq!(
+            d.outcome,
+            Outcome::Allow,
+            "{}: {:?}",
+            d.request_id,
+            d.reasons
+        );
+    }
+    let status: serde_json::Value = serde_json::from_str(
+        &clearance::admin::get(h.admin_addr, "/status")
+            .await
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let distinct: std::collections::HashSet<String> = recs.iter().map(|r| r.key()).collect();
+    assert_eq!(
+        status["eligibility"]["users"].as_i64(),
+        Some(distinct.len() as i64)
+    );
+    assert_eq!(status["ready"].as_bool(), Some(true));
+    stop_engine(h, stop).await;
+}

@@ -1,0 +1,151 @@
+//! The engine as a child process: SIGKILL in the middle of a load, restart,
+//! and the CLI's handling of bad configuration.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clearance::config::Config;
+use clearance::event::EligibilityRecord;
+use clearance::loadgen;
+
+use crate::harness::*;
+
+fn spawn_engine(cfg: &Config, dir: &std::path::Path) -> Child {
+    let path = dir.join("clearance.toml");
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn clearance run")
+}
+
+/// Kill and restart: SIGKILL in the middle of 50,000 requests, restart,
+/// and every request has at least one decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_loses_no_request() {
+    let mut cfg = test_config("kill");
+    cfg.admin.listen = "127.0.0.1:0".into();
+    create_topics(&cfg).await;
+    let dir = std::env::temp_dir().join(unique("clearance-kill"));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let subjects: Vec<_> = (0..500).map(|i| loadgen::subject("kl", i)).collect();
+    let p = producer();
+    let recs: Vec<_> = subjects
+        .iter()
+        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
+        .collect();
+    publish_records(&p, &cfg, &recs);
+
+    const N: usize = 50_000;
+    let mut batch = Vec::with_capacity(N);
+    for i in 0..N {
+        let s = &subjects[i % subjects.len()];
+        let r = loadgen::request(s, format!("kl-{i}"), loadgen::model_for(i));
+        batch.push((s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap()));
+    }
+    publish_raw(&p, &cfg.topics.requests, &batch);
+
+    let c = reader(&cfg.topics.decisions);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut total = 0usize;
+    let mut absorb = |reads: Vec<Read>, seen: &mut HashSet<String>| {
+        for d in decisions(&reads) {
+            total += 1;
+            seen.insert(d.request_id);
+        }
+    };
+
+    let mut child = spawn_engine(&cfg, &dir);
+    // Kill it once it is well into the load.
+    let reads = tokio::task::block_in_place(|| {
+        read_until(&c, Duration::from_secs(180), |r| r.len() >= N / 4)
+    });
+    absorb(reads, &mut seen);
+    assert!(
+        seen.len() >= N / 4,
+        "engine made progress before the kill: {}",
+        seen.len()
+    );
+    assert!(seen.len() < N, "killed in the middle, not after the end");
+    child.kill().expect("SIGKILL");
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    let at_kill = seen.len();
+
+    let mut child = spawn_engine(&cfg, &dir);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while seen.len() < N && Instant::now() < deadline {
+        let reads = tokio::task::block_in_place(|| {
+            read_until(&c, Duration::from_secs(5), |r| r.len() >= 5_000)
+        });
+        absorb(reads, &mut seen);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !seen.contains(&format!("kl-{i}")))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests without a decision (first 10): {missing:?}"
+    );
+    eprintln!(
+        "kill/restart: {N} requests, {at_kill} decided before SIGKILL, {total} decisions in all ({} duplicates from at-least-once)",
+        total - N
+    );
+}
+
+/// Bad configuration: the CLI names every invalid field and exits non-zero.
+#[test]
+fn bad_config_reports_every_field() {
+    let dir = std::env::temp_dir().join(unique("clearance-badcfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[engine]\nworkers = 0\nunknown_knob = 1\n[admin]\nlisten = \"not an address\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["config", "--config"])
+        .arg(&path)
+        .env("CLEARANCE_TOPICS__PARTITIONS", "zero")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "engine.workers",
+        "engine.unknown_knob",
+        "admin.listen",
+        "topics.partitions",
+    ] {
+        assert!(err.contains(field), "{field} not reported in:\n{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A missing config file is a clear error, not a panic.
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["run", "--config", "/nonexistent/clearance.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config file /nonexistent/clearance.toml"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

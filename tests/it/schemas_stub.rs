@@ -1,0 +1,3 @@
+pub fn validate(_n: &str, _v: &serde_json::Value) -> Result<(), String> {
+    Ok(())
+}
