@@ -262,7 +262,7 @@ async fn one_decision(
                 }
             }
         }
-        let _ = reader.unsubscribe();
+        reader.unsubscribe();
         Err(DemoError::Timeout(format!("no decision for {request_id}")))
     })
 }

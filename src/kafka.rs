@@ -109,8 +109,11 @@ pub fn redacted(c: &ClientConfig) -> String {
     pairs.join(" ")
 }
 
-/// The four topics with their configs, as `(name, partitions, configs)`.
-pub fn topic_specs(t: &TopicsConfig) -> Vec<(String, i32, Vec<(&'static str, &'static str)>)> {
+/// A topic to create: `(name, partitions, configs)`.
+pub type TopicSpec = (String, i32, Vec<(&'static str, &'static str)>);
+
+/// The four topics with their configs.
+pub fn topic_specs(t: &TopicsConfig) -> Vec<TopicSpec> {
     vec![
         (t.requests.clone(), t.partitions, vec![]),
         (

@@ -257,6 +257,19 @@ pub enum Source {
     Eligibility,
 }
 
+/// Where a dead-lettered record was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+}
+
 /// Publishes dead-letter records.
 #[derive(Clone)]
 pub struct DeadLetterSink {
@@ -286,13 +299,16 @@ impl DeadLetterSink {
     pub fn record(
         &self,
         error: &DecodeError,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
+        origin: &Origin<'_>,
         payload: &[u8],
         request_id: Option<String>,
     ) -> DeadLetter {
+        let Origin {
+            topic,
+            partition,
+            offset,
+            key,
+        } = *origin;
         use base64::Engine as _;
         let kept = &payload[..payload.len().min(self.max_payload_bytes)];
         DeadLetter {
@@ -313,33 +329,22 @@ impl DeadLetterSink {
     }
 
     /// Publish a dead letter (the tracker is told on delivery, when given).
-    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         source: Source,
         error: &DecodeError,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
+        origin: &Origin<'_>,
         payload: &[u8],
         tracker: Option<Arc<Tracker>>,
     ) -> Result<(), SendError> {
+        let (topic, partition, offset) = (origin.topic, origin.partition, origin.offset);
         let src = match source {
             Source::Requests => "requests",
             Source::Eligibility => "eligibility",
         };
         metrics::counter!(m::DEADLETTERS_TOTAL, "source" => src, "error" => error.kind())
             .increment(1);
-        let dl = self.record(
-            error,
-            topic,
-            partition,
-            offset,
-            key,
-            payload,
-            salvage_request_id(payload),
-        );
+        let dl = self.record(error, origin, payload, salvage_request_id(payload));
         let body = serde_json::to_vec(&dl).unwrap_or_default();
         let dl_key = format!("{topic}/{partition}/{offset}");
         let rec = BaseRecord::with_opaque_to(
@@ -644,13 +649,16 @@ fn process(
             let request_id = salvage_request_id(payload);
             tracing::warn!(partition, offset, error = %err, ?request_id, "malformed request dead-lettered");
             tracker.begin(partition, offset, 1 + u8::from(request_id.is_some()));
+            let origin = Origin {
+                topic: msg.topic(),
+                partition,
+                offset,
+                key: msg.key(),
+            };
             shared.deadletters.send(
                 Source::Requests,
                 &err,
-                msg.topic(),
-                partition,
-                offset,
-                msg.key(),
+                &origin,
                 payload,
                 Some(Arc::clone(tracker)),
             )?;

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::event::{decode_eligibility, parse_eligibility_key, DecodeError};
 use crate::kafka::{base_config, KafkaBoundaryError};
 use crate::metrics as m;
-use crate::pipeline::{DeadLetterSink, Source};
+use crate::pipeline::{DeadLetterSink, Origin, Source};
 
 /// Position and readiness of the change feed, shared with the admin API.
 #[derive(Debug, Default)]
@@ -315,13 +315,16 @@ fn apply<M: Message>(store: &Store, deadletters: &DeadLetterSink, topic: &str, m
         Err(e) => {
             metrics::counter!(m::ELIGIBILITY_APPLIED_TOTAL, "result" => "invalid").increment(1);
             tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "change feed: invalid record dead-lettered");
+            let origin = Origin {
+                topic,
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key(),
+            };
             if let Err(e) = deadletters.send(
                 Source::Eligibility,
                 &e,
-                topic,
-                msg.partition(),
-                msg.offset(),
-                msg.key(),
+                &origin,
                 msg.payload().unwrap_or_default(),
                 None,
             ) {

@@ -115,6 +115,31 @@ async fn mixed_load_gets_expected_outcomes() {
     // The mix really is mixed: allows and denies of several kinds.
     assert!(by_category.len() >= 20, "{by_category:?}");
 
+    // Keyed by request_id, and in the order of each request partition:
+    // within one decision partition, the source offsets of one request
+    // partition only grow.
+    let mut last: BTreeMap<(i32, i32), (i64, i64)> = BTreeMap::new();
+    let mut sorted: Vec<(&Read, Decision)> = reads.iter().zip(ds.iter().cloned()).collect();
+    sorted.sort_by_key(|(r, _)| (r.partition, r.offset));
+    for (r, d) in &sorted {
+        assert_eq!(r.key.as_deref(), Some(d.request_id.as_bytes()));
+        let src = d.source.as_ref().expect("source coordinates");
+        if let Some((prev_src, prev_off)) =
+            last.insert((r.partition, src.partition), (src.offset, r.offset))
+        {
+            assert!(
+                prev_src < src.offset,
+                "decision partition {} offset {}: request {}/{} after {}/{} (at {prev_off})",
+                r.partition,
+                r.offset,
+                src.partition,
+                src.offset,
+                src.partition,
+                prev_src
+            );
+        }
+    }
+
     for r in &reads {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         schemas::validate("decision", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));

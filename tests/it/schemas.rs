@@ -1,0 +1,348 @@
+//! The JSON Schemas in `schemas/` against the serde types of
+//! `clearance::event` and the examples in `schemas/examples/`.
+//!
+//! `validate` is also used by the end-to-end tests, to check every decision
+//! and dead letter the engine publishes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use clearance::event::{self, AccessRequest, DeadLetter, Decision, EligibilityRecord};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// The schema files, by name (`schemas/<name>.schema.json`).
+const SCHEMAS: &[&str] = &["access-request", "eligibility-record", "decision", "dead-letter"];
+
+fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
+}
+
+/// The compiled validator of `schemas/<schema_name>.schema.json`, compiled
+/// once per test run. Formats (`date-time`, `date`) are asserted, not just
+/// annotated.
+fn validator(schema_name: &str) -> Result<Arc<jsonschema::Validator>, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(schema_name) {
+        return Ok(Arc::clone(v));
+    }
+    let path = schemas_dir().join(format!("{schema_name}.schema.json"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read schema {}: {e}", path.display()))?;
+    let schema: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
+    let compiled = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .map_err(|e| format!("schema {} does not compile: {e}", path.display()))?;
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let v = cache
+        .entry(schema_name.to_string())
+        .or_insert_with(|| Arc::new(compiled));
+    Ok(Arc::clone(v))
+}
+
+/// Validate `doc` against `schemas/<schema_name>.schema.json` (`schema_name`
+/// like `"decision"`). The error lists every violation, one per line, each
+/// with its JSON pointer.
+pub fn validate(schema_name: &str, doc: &Value) -> Result<(), String> {
+    let validator = validator(schema_name)?;
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| {
+            let at = e.instance_path.as_str();
+            format!("{}: {e}", if at.is_empty() { "/" } else { at })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} violation(s) of {schema_name}.schema.json:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        ))
+    }
+}
+
+/// The schema an example file is for, by its name's prefix.
+fn schema_for_example(file_name: &str) -> Option<&'static str> {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("access-request", "access-request"),
+        ("eligibility-", "eligibility-record"),
+        ("decision-", "decision"),
+        ("dead-letter", "dead-letter"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| file_name.starts_with(prefix))
+        .map(|(_, schema)| *schema)
+}
+
+/// Every example: (file name, schema name, document).
+fn examples() -> Vec<(String, &'static str, Value)> {
+    let dir = schemas_dir().join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let schema = schema_for_example(&name).unwrap_or_else(|| {
+                panic!("example {name}: no schema for this name (add its prefix to schema_for_example)")
+            });
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            let doc: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("example {name} is not JSON: {e}"));
+            (name, schema, doc)
+        })
+        .collect()
+}
+
+/// Deserialize `doc` into the Rust type of `schema_name`, serialize it
+/// again, and return that.
+fn serde_round_trip(schema_name: &str, doc: &Value) -> Result<Value, String> {
+    fn go<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(
+        doc: &Value,
+    ) -> Result<Value, String> {
+        let value: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+        let out = serde_json::to_value(&value).map_err(|e| e.to_string())?;
+        let again: T = serde_json::from_value(out.clone())
+            .map_err(|e| format!("re-serialized value does not deserialize: {e}"))?;
+        if again != value {
+            return Err(format!("round trip changed the value: {value:?} -> {again:?}"));
+        }
+        Ok(out)
+    }
+    match schema_name {
+        "access-request" => go::<AccessRequest>(doc),
+        "eligibility-record" => go::<EligibilityRecord>(doc),
+        "decision" => go::<Decision>(doc),
+        "dead-letter" => go::<DeadLetter>(doc),
+        other => Err(format!("no Rust type for schema {other}")),
+    }
+}
+
+#[test]
+fn every_schema_compiles_as_draft_2020_12() {
+    for name in SCHEMAS {
+        let path = schemas_dir().join(format!("{name}.schema.json"));
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+            "{name}"
+        );
+        validator(name).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn every_example_validates_against_its_schema() {
+    let examples = examples();
+    let mut failures = Vec::new();
+    for (name, schema, doc) in &examples {
+        if let Err(e) = validate(schema, doc) {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for schema in SCHEMAS {
+        assert!(
+            examples.iter().any(|(_, s, _)| s == schema),
+            "no example for schema {schema}"
+        );
+    }
+}
+
+#[test]
+fn every_example_deserializes_and_its_reserialization_validates() {
+    let mut failures = Vec::new();
+    for (name, schema, doc) in examples() {
+        match serde_round_trip(schema, &doc) {
+            Ok(out) => {
+                if let Err(e) = validate(schema, &out) {
+                    failures.push(format!("{name} re-serialized: {e}\n{out:#}"));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: does not deserialize: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn examples_pass_the_engines_decoders() {
+    for (name, schema, doc) in examples() {
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        match schema {
+            "access-request" => {
+                event::decode_request(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            "eligibility-record" => {
+                let rec: EligibilityRecord = serde_json::from_value(doc.clone()).unwrap();
+                let key = rec.key();
+                assert!(
+                    key == format!("{}:{}", doc["kind"].as_str().unwrap(), doc["id"].as_str().unwrap()),
+                    "{name}: key {key}"
+                );
+                event::decode_eligibility(key.as_bytes(), &bytes)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Paths (as pointer segments) of every object member in `doc`, at any
+/// depth, including objects inside arrays.
+fn member_paths(doc: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match doc {
+        Value::Object(map) => {
+            for (k, v) in map {
+                prefix.push(k.clone());
+                out.push(prefix.clone());
+                member_paths(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                prefix.push(i.to_string());
+                member_paths(v, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parent_mut<'a>(doc: &'a mut Value, path: &[String]) -> &'a mut serde_json::Map<String, Value> {
+    let mut cur = doc;
+    for seg in &path[..path.len() - 1] {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(seg).unwrap(),
+            Value::Array(a) => &mut a[seg.parse::<usize>().unwrap()],
+            _ => unreachable!(),
+        };
+    }
+    cur.as_object_mut().unwrap()
+}
+
+/// The schemas' `required` lists and nullability agree with serde: for every
+/// member of every example, removing it (or setting it to null) is accepted
+/// by the schema exactly when serde accepts it.
+#[test]
+fn schema_and_serde_agree_on_required_and_nullable_fields() {
+    let mut disagreements = Vec::new();
+    for (name, schema, doc) in examples() {
+        let mut paths = Vec::new();
+        member_paths(&doc, &mut Vec::new(), &mut paths);
+        for path in paths {
+            let key = path.last().unwrap().clone();
+            for (what, mutate) in [("removed", false), ("null", true)] {
+                let mut changed = doc.clone();
+                let parent = parent_mut(&mut changed, &path);
+                if mutate {
+                    parent.insert(key.clone(), Value::Null);
+                } else {
+                    parent.remove(&key);
+                }
+                let by_schema = validate(schema, &changed).is_ok();
+                let by_serde = serde_round_trip(schema, &changed).is_ok();
+                if by_schema != by_serde {
+                    disagreements.push(format!(
+                        "{name}: /{} {what}: schema {}, serde {}",
+                        path.join("/"),
+                        if by_schema { "accepts" } else { "rejects" },
+                        if by_serde { "accepts" } else { "rejects" },
+                    ));
+                }
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
+
+#[test]
+fn unknown_fields_are_allowed_everywhere() {
+    for (name, schema, mut doc) in examples() {
+        doc.as_object_mut()
+            .unwrap()
+            .insert("field_from_the_future".into(), json!({"x": [1, 2]}));
+        validate(schema, &doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_round_trip(schema, &doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+fn example(file: &str) -> Value {
+    let path = schemas_dir().join("examples").join(file);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn request_without_subject_fails_schema_and_decoder() {
+    let mut doc = example("access-request.json");
+    doc.as_object_mut().unwrap().remove("subject_id");
+    let err = validate("access-request", &doc).unwrap_err();
+    assert!(err.contains("subject_id"), "{err}");
+    let e = event::decode_request(&serde_json::to_vec(&doc).unwrap()).unwrap_err();
+    assert_eq!(e, event::DecodeError::MissingField("subject_id".into()));
+}
+
+#[test]
+fn decision_with_unknown_outcome_fails() {
+    let mut doc = example("decision-deny.json");
+    doc["outcome"] = json!("maybe");
+    let err = validate("decision", &doc).unwrap_err();
+    assert!(err.contains("/outcome"), "{err}");
+    assert!(serde_json::from_value::<Decision>(doc).is_err());
+}
+
+#[test]
+fn malformed_values_fail_the_schemas() {
+    let cases: &[(&str, &str, &str, Value)] = &[
+        ("access-request.json", "access-request", "/geo/country", json!("usa")),
+        ("access-request.json", "access-request", "/geo/confidence", json!(1.5)),
+        ("access-request.json", "access-request", "/event_time", json!("yesterday")),
+        ("access-request.json", "access-request", "/request_id", json!("")),
+        ("eligibility-user.json", "eligibility-record", "/kind", json!("robot")),
+        ("eligibility-user.json", "eligibility-record", "/us_person_status", json!("green_card")),
+        ("eligibility-user.json", "eligibility-record", "/version", json!(-1)),
+        ("eligibility-user.json", "eligibility-record", "/citizenships/0/acquired_on", json!("04/06/1991")),
+        ("eligibility-organization.json", "eligibility-record", "/owners/0/percent", json!(130)),
+        ("eligibility-organization.json", "eligibility-record", "/screening_hits/0/status", json!("maybe")),
+        ("decision-allow.json", "decision", "/decided_at", json!("2026-11-28 14:04:10")),
+        ("decision-allow.json", "decision", "/reasons", json!("us_person")),
+        ("dead-letter.json", "dead-letter", "/payload_base64", json!("not base64!")),
+        ("dead-letter.json", "dead-letter", "/source/partition", json!("0")),
+    ];
+    for (file, schema, pointer, bad) in cases {
+        let mut doc = example(file);
+        *doc.pointer_mut(pointer).unwrap_or_else(|| panic!("{file}: no {pointer}")) = bad.clone();
+        let err = validate(schema, &doc)
+            .err()
+            .unwrap_or_else(|| panic!("{file} with {pointer} = {bad} passed the schema"));
+        assert!(err.contains(pointer), "{file} {pointer}: {err}");
+    }
+}
+
+#[test]
+fn eligibility_kind_selects_the_record_type() {
+    // An organization document labelled as a user fails: `id` and `version`
+    // fit, but the required `us_person_status` is missing.
+    let mut doc = example("eligibility-organization.json");
+    doc["kind"] = json!("user");
+    assert!(validate("eligibility-record", &doc).is_err());
+    assert!(serde_json::from_value::<EligibilityRecord>(doc.clone()).is_err());
+    doc.as_object_mut().unwrap().remove("kind");
+    assert!(validate("eligibility-record", &doc).is_err());
+    assert!(serde_json::from_value::<EligibilityRecord>(doc).is_err());
+}
