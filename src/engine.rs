@@ -5,9 +5,9 @@
 //! a handle (admin address, state) for tools and tests that embed the
 //! engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::Producer;
@@ -59,6 +59,8 @@ pub struct EngineState {
     pub feed: Arc<FeedState>,
     /// The active policy.
     pub policy: Arc<ActivePolicy>,
+    /// Request partitions assigned to this instance.
+    pub assigned: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl StatusSource for EngineState {
@@ -77,6 +79,7 @@ impl StatusSource for EngineState {
                 "organizations": self.store.org_count(),
             },
             "feed": self.feed.positions(),
+            "assigned_partitions": *self.assigned.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }
 }
@@ -166,6 +169,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         store: Arc::clone(&store),
         feed: Arc::clone(&feed_state),
         policy: Arc::new(ActivePolicy::new(policy)),
+        assigned: Arc::default(),
     });
 
     let listener = admin::bind(&cfg.admin.listen).await?;
@@ -204,6 +208,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         producer: producer.clone(),
         deadletters,
         instance_id: state.instance_id.clone(),
+        assigned: Arc::clone(&state.assigned),
     });
     let st = Arc::clone(&state);
     let join = tokio::spawn(async move {

@@ -337,6 +337,30 @@ pub async fn wait_for_feed(
     }
 }
 
+/// Wait until the engine at `admin` has request partitions assigned (the
+/// consumer group has formed), so that measurements exclude the join.
+pub async fn wait_for_assignment(admin: SocketAddr, timeout: Duration) -> Result<(), LoadgenError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((200, body)) = crate::admin::get(admin, "/status").await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                if v["assigned_partitions"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(LoadgenError::Timeout(format!(
+                "engine at {admin} has no request partitions assigned"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A consumer of the decision topic positioned at its current end, so that
 /// only decisions made from now on are read.
 pub fn decision_reader(bootstrap: &str, topic: &str) -> Result<BaseConsumer, KafkaError> {
@@ -469,6 +493,9 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport, LoadgenError> {
         }
     }
 
+    if let Some(admin) = opts.admin {
+        wait_for_assignment(admin, Duration::from_secs(120)).await?;
+    }
     let reader = decision_reader(&opts.bootstrap, &opts.decisions_topic)?;
     let n = opts.requests;
     let prefix = format!("{}r", opts.run_id);

@@ -13,7 +13,7 @@
 //! delivery that fails permanently stops the engine without storing the
 //! offset, so a restart decides that request again.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -398,6 +398,8 @@ pub struct Shared {
     pub deadletters: DeadLetterSink,
     /// Written into every decision.
     pub instance_id: String,
+    /// Request partitions currently assigned to this process's workers.
+    pub assigned: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 /// Errors that stop a worker.
@@ -416,6 +418,7 @@ pub enum PipelineError {
 
 struct WorkerContext {
     topic: String,
+    assigned: Arc<Mutex<BTreeSet<i32>>>,
     tracker: Arc<Tracker>,
     producer: EngineProducer,
     flush_timeout: Duration,
@@ -450,12 +453,20 @@ impl ConsumerContext for WorkerContext {
                 }
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.tracker.forget(&parts);
+                let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+                for p in &parts {
+                    a.remove(p);
+                }
                 tracing::info!(?parts, "partitions revoked");
             }
             Rebalance::Assign(tpl) => {
                 metrics::counter!(m::REBALANCES_TOTAL, "kind" => "assign").increment(1);
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.tracker.forget(&parts);
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(parts.iter().copied());
                 tracing::info!(?parts, "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -514,6 +525,7 @@ pub fn run_worker(
     let consumer: BaseConsumer<WorkerContext> = cc
         .create_with_context(WorkerContext {
             topic: topic.clone(),
+            assigned: Arc::clone(&shared.assigned),
             tracker: Arc::clone(&tracker),
             producer: shared.producer.clone(),
             flush_timeout: Duration::from_millis(cfg.engine.shutdown_timeout_ms),

@@ -16,6 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +140,7 @@ impl ClientContext for FeedContext {
         match error {
             // End of a partition is progress, not an error.
             KafkaError::PartitionEOF(p) => self.state.eof(p),
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
             e => tracing::warn!(error = %e, reason, "change feed client error"),
         }
     }

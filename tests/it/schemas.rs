@@ -20,52 +20,179 @@ fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
 }
 
-/// The compiled validator of `schemas/<schema_name>.schema.json`, compiled
-/// once per test run. Formats (`date-time`, `date`) are asserted, not just
-/// annotated.
-fn validator(schema_name: &str) -> Result<Arc<jsonschema::Validator>, String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+/// A compiled schema and its JSON.
+struct Compiled {
+    validator: jsonschema::Validator,
+    schema: Value,
+}
+
+fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| e.to_string())
+}
+
+/// The compiled `schemas/<schema_name>.schema.json`, compiled once per test
+/// run. Formats (`date-time`, `date`) are asserted, not just annotated.
+fn compiled(schema_name: &str) -> Result<Arc<Compiled>, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Compiled>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(schema_name) {
-        return Ok(Arc::clone(v));
+    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(schema_name) {
+        return Ok(Arc::clone(c));
     }
     let path = schemas_dir().join(format!("{schema_name}.schema.json"));
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read schema {}: {e}", path.display()))?;
     let schema: Value = serde_json::from_str(&text)
         .map_err(|e| format!("schema {} is not JSON: {e}", path.display()))?;
-    let compiled = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .map_err(|e| format!("schema {} does not compile: {e}", path.display()))?;
+    let validator =
+        compile(&schema).map_err(|e| format!("schema {} does not compile: {e}", path.display()))?;
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    let v = cache
+    let c = cache
         .entry(schema_name.to_string())
-        .or_insert_with(|| Arc::new(compiled));
-    Ok(Arc::clone(v))
+        .or_insert_with(|| Arc::new(Compiled { validator, schema }));
+    Ok(Arc::clone(c))
 }
 
 /// Validate `doc` against `schemas/<schema_name>.schema.json` (`schema_name`
 /// like `"decision"`). The error lists every violation, one per line, each
-/// with its JSON pointer.
+/// with its JSON pointer. Where an `anyOf`/`oneOf` (a nullable field, the
+/// kind of an eligibility record) fails, the violations inside the closest
+/// alternative are listed too, so the message names the field at fault.
 pub fn validate(schema_name: &str, doc: &Value) -> Result<(), String> {
-    let validator = validator(schema_name)?;
-    let errors: Vec<String> = validator
-        .iter_errors(doc)
-        .map(|e| {
-            let at = e.instance_path.as_str();
-            format!("{}: {e}", if at.is_empty() { "/" } else { at })
-        })
-        .collect();
-    if errors.is_empty() {
+    let c = compiled(schema_name)?;
+    let mut lines = Vec::new();
+    for e in c.validator.iter_errors(doc) {
+        describe(&c.schema, &e, "", 0, &mut lines);
+    }
+    if lines.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "{} violation(s) of {schema_name}.schema.json:\n  {}",
-            errors.len(),
-            errors.join("\n  ")
+            "{schema_name}.schema.json rejects the document:\n  {}",
+            lines.join("\n  ")
         ))
     }
+}
+
+/// One error as lines of text; `base` is the pointer of the instance the
+/// error's own pointer is relative to.
+fn describe(
+    schema: &Value,
+    e: &jsonschema::ValidationError<'_>,
+    base: &str,
+    depth: usize,
+    out: &mut Vec<String>,
+) {
+    use jsonschema::error::ValidationErrorKind as K;
+    let at = format!("{base}{}", e.instance_path.as_str());
+    let shown = if at.is_empty() { "/" } else { at.as_str() };
+    let indent = "  ".repeat(depth);
+    if matches!(e.kind, K::AnyOf | K::OneOfNotValid) && depth < 6 {
+        let keyword = if matches!(e.kind, K::AnyOf) { "anyOf" } else { "oneOf" };
+        if let Some((label, sub, errors)) = closest_alternative(schema, e) {
+            out.push(format!("{indent}{shown}: matches no alternative of {keyword}; as {label}:"));
+            for inner in &errors {
+                describe(&sub, inner, &at, depth + 1, out);
+            }
+            return;
+        }
+    }
+    out.push(format!("{indent}{shown}: {e}"));
+}
+
+/// The alternative of a failed `anyOf`/`oneOf` the instance comes closest
+/// to: not `null` when the instance is not null, the one whose `const`
+/// properties (`kind`) match, else the one with the fewest violations.
+/// Returns its label, a standalone schema for it and the violations.
+fn closest_alternative<'i>(
+    schema: &Value,
+    e: &'i jsonschema::ValidationError<'_>,
+) -> Option<(String, Value, Vec<jsonschema::ValidationError<'i>>)> {
+    let instance: &'i Value = match &e.instance {
+        std::borrow::Cow::Borrowed(v) => v,
+        std::borrow::Cow::Owned(_) => return None,
+    };
+    let branches = resolve_schema_path(schema, e.schema_path.as_str())?.as_array()?;
+    let mut best: Option<(bool, usize, String, Value, Vec<jsonschema::ValidationError<'i>>)> = None;
+    for branch in branches {
+        if !instance.is_null() && branch.get("type") == Some(&json!("null")) {
+            continue;
+        }
+        let sub = json!({
+            "$schema": schema.get("$schema").cloned().unwrap_or(Value::Null),
+            "$defs": schema.get("$defs").cloned().unwrap_or(Value::Null),
+            "allOf": [branch],
+        });
+        let validator = compile(&sub).ok()?;
+        // Collect into owned errors tied to `instance` (not to `validator`).
+        let errors: Vec<_> = validator.iter_errors(instance).map(|e| e.to_owned()).collect();
+        let consts_match = consts_match(&sub, branch, instance);
+        let label = branch
+            .get("$ref")
+            .and_then(Value::as_str)
+            .unwrap_or("an alternative")
+            .to_string();
+        let better = match &best {
+            None => true,
+            Some((bc, bn, ..)) => (consts_match, std::cmp::Reverse(errors.len())) > (*bc, std::cmp::Reverse(*bn)),
+        };
+        if better {
+            best = Some((consts_match, errors.len(), label, sub, errors));
+        }
+    }
+    best.map(|(_, _, label, sub, errors)| (label, sub, errors))
+}
+
+/// Whether `branch` (through one `$ref` and `allOf`s) has `const`
+/// properties, all of them equal to the instance's.
+fn consts_match(root: &Value, branch: &Value, instance: &Value) -> bool {
+    fn walk(root: &Value, s: &Value, instance: &Value, found: &mut bool, depth: usize) -> bool {
+        if depth > 4 {
+            return true;
+        }
+        let mut ok = true;
+        if let Some(target) = s.get("$ref").and_then(Value::as_str) {
+            if let Some(t) = target.strip_prefix('#').and_then(|p| root.pointer(p)) {
+                ok &= walk(root, t, instance, found, depth + 1);
+            }
+        }
+        for sub in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+            ok &= walk(root, sub, instance, found, depth + 1);
+        }
+        for (k, p) in s.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            if let Some(c) = p.get("const") {
+                *found = true;
+                ok &= instance.get(k) == Some(c);
+            }
+        }
+        ok
+    }
+    let mut found = false;
+    let ok = walk(root, branch, instance, &mut found, 0);
+    found && ok
+}
+
+/// The schema keyword an error's `schema_path` points at, following `$ref`s
+/// (the path is an evaluation path: a `$ref` segment means "go to the
+/// target").
+fn resolve_schema_path<'s>(root: &'s Value, path: &str) -> Option<&'s Value> {
+    let mut cur = root;
+    for seg in path.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        cur = if seg == "$ref" {
+            let target = cur.get("$ref")?.as_str()?.strip_prefix('#')?;
+            root.pointer(target)?
+        } else {
+            match cur {
+                Value::Object(m) => m.get(&seg)?,
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            }
+        };
+    }
+    Some(cur)
 }
 
 /// The schema an example file is for, by its name's prefix.
@@ -140,7 +267,7 @@ fn every_schema_compiles_as_draft_2020_12() {
             schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
             "{name}"
         );
-        validator(name).unwrap_or_else(|e| panic!("{e}"));
+        compiled(name).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
