@@ -8,7 +8,7 @@
 # Cargo.toml says rust-version 1.85, but the locked time 0.3.55 and
 # hdrhistogram 7.6.0 need rustc 1.88: build with the oldest toolchain that
 # the lockfile accepts.
-ARG RUST_VERSION=1.88
+ARG RUST_VERSION=1.89
 FROM rust:${RUST_VERSION}-bookworm AS build
 # librdkafka is built from source by rdkafka-sys (ssl and libz features).
 RUN apt-get update \

@@ -5,4 +5,4 @@
 mod harness;
 mod pipeline;
 mod process;
-mod schemas_stub;
+mod schemas;

@@ -10,7 +10,7 @@ use clearance::loadgen::{self, Category, Subject};
 use time::OffsetDateTime;
 
 use crate::harness::*;
-use crate::schemas_stub as schemas;
+use crate::schemas;
 
 fn records(subjects: &[Subject]) -> Vec<EligibilityRecord> {
     subjects

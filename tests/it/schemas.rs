@@ -14,7 +14,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// The schema files, by name (`schemas/<name>.schema.json`).
-const SCHEMAS: &[&str] = &["access-request", "eligibility-record", "decision", "dead-letter"];
+const SCHEMAS: &[&str] = &[
+    "access-request",
+    "eligibility-record",
+    "decision",
+    "dead-letter",
+];
 
 fn schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
@@ -38,7 +43,11 @@ fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
 fn compiled(schema_name: &str) -> Result<Arc<Compiled>, String> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<Compiled>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(schema_name) {
+    if let Some(c) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(schema_name)
+    {
         return Ok(Arc::clone(c));
     }
     let path = schemas_dir().join(format!("{schema_name}.schema.json"));
@@ -76,6 +85,14 @@ pub fn validate(schema_name: &str, doc: &Value) -> Result<(), String> {
     }
 }
 
+/// Like `validate(..).is_ok()`, without building the messages.
+fn is_valid(schema_name: &str, doc: &Value) -> bool {
+    compiled(schema_name)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .validator
+        .is_valid(doc)
+}
+
 /// One error as lines of text; `base` is the pointer of the instance the
 /// error's own pointer is relative to.
 fn describe(
@@ -90,32 +107,38 @@ fn describe(
     let shown = if at.is_empty() { "/" } else { at.as_str() };
     let indent = "  ".repeat(depth);
     if matches!(e.kind, K::AnyOf | K::OneOfNotValid) && depth < 6 {
-        let keyword = if matches!(e.kind, K::AnyOf) { "anyOf" } else { "oneOf" };
-        if let Some((label, sub, errors)) = closest_alternative(schema, e) {
-            out.push(format!("{indent}{shown}: matches no alternative of {keyword}; as {label}:"));
-            for inner in &errors {
-                describe(&sub, inner, &at, depth + 1, out);
+        let keyword = if matches!(e.kind, K::AnyOf) {
+            "anyOf"
+        } else {
+            "oneOf"
+        };
+        let instance = e.instance.clone().into_owned();
+        if let Some((label, sub)) = closest_alternative(schema, e.schema_path.as_str(), &instance) {
+            if let Ok(validator) = compile(&sub) {
+                out.push(format!(
+                    "{indent}{shown}: matches no alternative of {keyword}; as {label}:"
+                ));
+                for inner in validator.iter_errors(&instance) {
+                    describe(&sub, &inner, &at, depth + 1, out);
+                }
+                return;
             }
-            return;
         }
     }
     out.push(format!("{indent}{shown}: {e}"));
 }
 
-/// The alternative of a failed `anyOf`/`oneOf` the instance comes closest
-/// to: not `null` when the instance is not null, the one whose `const`
-/// properties (`kind`) match, else the one with the fewest violations.
-/// Returns its label, a standalone schema for it and the violations.
-fn closest_alternative<'i>(
+/// The alternative of a failed `anyOf`/`oneOf` (at `schema_path`) that
+/// `instance` comes closest to: not `null` when the instance is not null,
+/// the one whose `const` properties (`kind`) match, else the one with the
+/// fewest violations. Returns its label and a standalone schema for it.
+fn closest_alternative(
     schema: &Value,
-    e: &'i jsonschema::ValidationError<'_>,
-) -> Option<(String, Value, Vec<jsonschema::ValidationError<'i>>)> {
-    let instance: &'i Value = match &e.instance {
-        std::borrow::Cow::Borrowed(v) => v,
-        std::borrow::Cow::Owned(_) => return None,
-    };
-    let branches = resolve_schema_path(schema, e.schema_path.as_str())?.as_array()?;
-    let mut best: Option<(bool, usize, String, Value, Vec<jsonschema::ValidationError<'i>>)> = None;
+    schema_path: &str,
+    instance: &Value,
+) -> Option<(String, Value)> {
+    let branches = resolve_schema_path(schema, schema_path)?.as_array()?;
+    let mut best: Option<((bool, std::cmp::Reverse<usize>), String, Value)> = None;
     for branch in branches {
         if !instance.is_null() && branch.get("type") == Some(&json!("null")) {
             continue;
@@ -125,24 +148,21 @@ fn closest_alternative<'i>(
             "$defs": schema.get("$defs").cloned().unwrap_or(Value::Null),
             "allOf": [branch],
         });
-        let validator = compile(&sub).ok()?;
-        // Collect into owned errors tied to `instance` (not to `validator`).
-        let errors: Vec<_> = validator.iter_errors(instance).map(|e| e.to_owned()).collect();
-        let consts_match = consts_match(&sub, branch, instance);
+        let violations = compile(&sub).ok()?.iter_errors(instance).count();
+        let rank = (
+            consts_match(&sub, branch, instance),
+            std::cmp::Reverse(violations),
+        );
         let label = branch
             .get("$ref")
             .and_then(Value::as_str)
             .unwrap_or("an alternative")
             .to_string();
-        let better = match &best {
-            None => true,
-            Some((bc, bn, ..)) => (consts_match, std::cmp::Reverse(errors.len())) > (*bc, std::cmp::Reverse(*bn)),
-        };
-        if better {
-            best = Some((consts_match, errors.len(), label, sub, errors));
+        if best.as_ref().is_none_or(|(r, ..)| rank > *r) {
+            best = Some((rank, label, sub));
         }
     }
-    best.map(|(_, _, label, sub, errors)| (label, sub, errors))
+    best.map(|(_, label, sub)| (label, sub))
 }
 
 /// Whether `branch` (through one `$ref` and `allOf`s) has `const`
@@ -158,10 +178,20 @@ fn consts_match(root: &Value, branch: &Value, instance: &Value) -> bool {
                 ok &= walk(root, t, instance, found, depth + 1);
             }
         }
-        for sub in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+        for sub in s
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             ok &= walk(root, sub, instance, found, depth + 1);
         }
-        for (k, p) in s.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        for (k, p) in s
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
             if let Some(c) = p.get("const") {
                 *found = true;
                 ok &= instance.get(k) == Some(c);
@@ -245,7 +275,9 @@ fn serde_round_trip(schema_name: &str, doc: &Value) -> Result<Value, String> {
         let again: T = serde_json::from_value(out.clone())
             .map_err(|e| format!("re-serialized value does not deserialize: {e}"))?;
         if again != value {
-            return Err(format!("round trip changed the value: {value:?} -> {again:?}"));
+            return Err(format!(
+                "round trip changed the value: {value:?} -> {again:?}"
+            ));
         }
         Ok(out)
     }
@@ -317,7 +349,11 @@ fn examples_pass_the_engines_decoders() {
                 let rec: EligibilityRecord = serde_json::from_value(doc.clone()).unwrap();
                 let key = rec.key();
                 assert!(
-                    key == format!("{}:{}", doc["kind"].as_str().unwrap(), doc["id"].as_str().unwrap()),
+                    key == format!(
+                        "{}:{}",
+                        doc["kind"].as_str().unwrap(),
+                        doc["id"].as_str().unwrap()
+                    ),
                     "{name}: key {key}"
                 );
                 event::decode_eligibility(key.as_bytes(), &bytes)
@@ -382,7 +418,7 @@ fn schema_and_serde_agree_on_required_and_nullable_fields() {
                 } else {
                     parent.remove(&key);
                 }
-                let by_schema = validate(schema, &changed).is_ok();
+                let by_schema = is_valid(schema, &changed);
                 let by_serde = serde_round_trip(schema, &changed).is_ok();
                 if by_schema != by_serde {
                     disagreements.push(format!(
@@ -436,24 +472,95 @@ fn decision_with_unknown_outcome_fails() {
 #[test]
 fn malformed_values_fail_the_schemas() {
     let cases: &[(&str, &str, &str, Value)] = &[
-        ("access-request.json", "access-request", "/geo/country", json!("usa")),
-        ("access-request.json", "access-request", "/geo/confidence", json!(1.5)),
-        ("access-request.json", "access-request", "/event_time", json!("yesterday")),
-        ("access-request.json", "access-request", "/request_id", json!("")),
-        ("eligibility-user.json", "eligibility-record", "/kind", json!("robot")),
-        ("eligibility-user.json", "eligibility-record", "/us_person_status", json!("green_card")),
-        ("eligibility-user.json", "eligibility-record", "/version", json!(-1)),
-        ("eligibility-user.json", "eligibility-record", "/citizenships/0/acquired_on", json!("04/06/1991")),
-        ("eligibility-organization.json", "eligibility-record", "/owners/0/percent", json!(130)),
-        ("eligibility-organization.json", "eligibility-record", "/screening_hits/0/status", json!("maybe")),
-        ("decision-allow.json", "decision", "/decided_at", json!("2026-11-28 14:04:10")),
-        ("decision-allow.json", "decision", "/reasons", json!("us_person")),
-        ("dead-letter.json", "dead-letter", "/payload_base64", json!("not base64!")),
-        ("dead-letter.json", "dead-letter", "/source/partition", json!("0")),
+        (
+            "access-request.json",
+            "access-request",
+            "/geo/country",
+            json!("usa"),
+        ),
+        (
+            "access-request.json",
+            "access-request",
+            "/geo/confidence",
+            json!(1.5),
+        ),
+        (
+            "access-request.json",
+            "access-request",
+            "/event_time",
+            json!("yesterday"),
+        ),
+        (
+            "access-request.json",
+            "access-request",
+            "/request_id",
+            json!(""),
+        ),
+        (
+            "eligibility-user.json",
+            "eligibility-record",
+            "/kind",
+            json!("robot"),
+        ),
+        (
+            "eligibility-user.json",
+            "eligibility-record",
+            "/us_person_status",
+            json!("green_card"),
+        ),
+        (
+            "eligibility-user.json",
+            "eligibility-record",
+            "/version",
+            json!(-1),
+        ),
+        (
+            "eligibility-user.json",
+            "eligibility-record",
+            "/citizenships/0/acquired_on",
+            json!("04/06/1991"),
+        ),
+        (
+            "eligibility-organization.json",
+            "eligibility-record",
+            "/owners/0/percent",
+            json!(130),
+        ),
+        (
+            "eligibility-organization.json",
+            "eligibility-record",
+            "/screening_hits/0/status",
+            json!("maybe"),
+        ),
+        (
+            "decision-allow.json",
+            "decision",
+            "/decided_at",
+            json!("2026-11-28 14:04:10"),
+        ),
+        (
+            "decision-allow.json",
+            "decision",
+            "/reasons",
+            json!("us_person"),
+        ),
+        (
+            "dead-letter.json",
+            "dead-letter",
+            "/payload_base64",
+            json!("not base64!"),
+        ),
+        (
+            "dead-letter.json",
+            "dead-letter",
+            "/source/partition",
+            json!("0"),
+        ),
     ];
     for (file, schema, pointer, bad) in cases {
         let mut doc = example(file);
-        *doc.pointer_mut(pointer).unwrap_or_else(|| panic!("{file}: no {pointer}")) = bad.clone();
+        *doc.pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("{file}: no {pointer}")) = bad.clone();
         let err = validate(schema, &doc)
             .err()
             .unwrap_or_else(|| panic!("{file} with {pointer} = {bad} passed the schema"));
