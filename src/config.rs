@@ -44,6 +44,9 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
     /// librdkafka statistics interval, which drives the lag metrics.
     pub statistics_interval_ms: u64,
+    /// Brokers of the change feed, when it lives on another cluster
+    /// (default: `bootstrap_servers`).
+    pub feed_bootstrap_servers: Option<String>,
 }
 
 impl Default for KafkaConfig {
@@ -54,6 +57,7 @@ impl Default for KafkaConfig {
             client_id: "clearance".into(),
             properties: BTreeMap::new(),
             statistics_interval_ms: 1000,
+            feed_bootstrap_servers: None,
         }
     }
 }
@@ -92,10 +96,33 @@ impl Default for TopicsConfig {
     }
 }
 
+/// Delivery guarantee of the request pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Offsets committed after confirmed delivery; a crash may decide a
+    /// request twice.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions: decisions and offsets commit together; each
+    /// request yields exactly one committed decision for `read_committed`
+    /// readers.
+    ExactlyOnce,
+}
+
 /// The request pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    /// `at-least-once` or `exactly-once`.
+    pub delivery: DeliveryMode,
+    /// Exactly-once: most requests per transaction.
+    pub transaction_max_messages: usize,
+    /// Exactly-once: longest a transaction stays open collecting requests.
+    pub transaction_max_ms: u64,
+    /// Deny controlled models when the change feed has not been confirmed
+    /// caught up for this long (0: never).
+    pub staleness_bound_secs: u64,
     /// Name of this instance, written into every decision. Empty: the host
     /// name plus the process id.
     pub instance_id: String,
@@ -120,6 +147,10 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            delivery: DeliveryMode::AtLeastOnce,
+            transaction_max_messages: 1000,
+            transaction_max_ms: 100,
+            staleness_bound_secs: 300,
             instance_id: String::new(),
             workers: 1,
             producer_queue_max_messages: 100_000,
@@ -400,6 +431,15 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
             "engine.producer_queue_max_messages",
             "must be at least 1".into(),
         );
+    }
+    if cfg.engine.transaction_max_messages < 1 {
+        bad(
+            "engine.transaction_max_messages",
+            "must be at least 1".into(),
+        );
+    }
+    if cfg.engine.transaction_max_ms < 1 {
+        bad("engine.transaction_max_ms", "must be at least 1".into());
     }
     if cfg.engine.commit_interval_ms < 1 {
         bad("engine.commit_interval_ms", "must be at least 1".into());

@@ -163,7 +163,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         shutdown.clone(),
     );
     let store = Arc::new(Store::new());
-    let feed_state = Arc::new(FeedState::default());
+    let feed_state = Arc::new(FeedState::with_staleness_bound(Duration::from_secs(
+        cfg.engine.staleness_bound_secs,
+    )));
     let state = Arc::new(EngineState {
         instance_id: instance_id(&cfg),
         store: Arc::clone(&store),
@@ -209,6 +211,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         deadletters,
         instance_id: state.instance_id.clone(),
         assigned: Arc::clone(&state.assigned),
+        feed: Arc::clone(&feed_state),
     });
     let st = Arc::clone(&state);
     let join = tokio::spawn(async move {

@@ -223,7 +223,8 @@ pub fn request(s: &Subject, request_id: String, model: &str) -> AccessRequest {
 /// The model request `i` asks for: mostly tagged, some untagged, a few
 /// unknown.
 pub fn model_for(i: usize) -> &'static str {
-    match i % 20 {
+    // By tens, so that every category (i % 10) meets every model.
+    match (i / Category::ALL.len()) % 20 {
         0 => UNKNOWN_MODEL,
         1..=6 => UNTAGGED_MODEL,
         _ => TAGGED_MODEL,

@@ -25,6 +25,8 @@ pub const ELIGIBILITY_APPLIED_TOTAL: &str = "clearance_eligibility_applied_total
 pub const FEED_LAG_MESSAGES: &str = "clearance_feed_lag_messages";
 /// Gauge: seconds since the Kafka timestamp of the last applied change-feed record.
 pub const FEED_LAST_RECORD_AGE_SECONDS: &str = "clearance_feed_last_record_age_seconds";
+/// Gauge: 1 while the eligibility data is stale (controlled models denied).
+pub const FEED_STALE: &str = "clearance_feed_stale";
 /// Gauge: 1 once the change feed has caught up with the startup high watermarks.
 pub const READY: &str = "clearance_ready";
 /// Counter: dead-letter records, by `source` (requests, eligibility) and `error`.
@@ -95,6 +97,7 @@ fn describe() {
         "Age of the last applied change-feed record."
     );
     describe_gauge!(READY, "1 once the eligibility cache has caught up.");
+    describe_gauge!(FEED_STALE, "1 while the eligibility data is stale.");
     describe_counter!(
         DEADLETTERS_TOTAL,
         "Dead-letter records, by source and error."

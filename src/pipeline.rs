@@ -24,13 +24,13 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::decide::{decide, reason, Eligibility};
 use crate::eligibility::Store;
 use crate::event::{
@@ -398,6 +398,8 @@ pub struct Shared {
     pub deadletters: DeadLetterSink,
     /// Written into every decision.
     pub instance_id: String,
+    /// Change-feed state (for the staleness flag).
+    pub feed: Arc<crate::eligibility::feed::FeedState>,
     /// Request partitions currently assigned to this process's workers.
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
 }
@@ -414,6 +416,9 @@ pub enum PipelineError {
     /// The consumer hit a fatal error.
     #[error("fatal consumer error: {0}")]
     Consumer(KafkaError),
+    /// Exactly-once: a transactional call failed fatally (e.g. fenced).
+    #[error("transaction failed: {0}")]
+    Transaction(String),
 }
 
 struct WorkerContext {
@@ -422,6 +427,7 @@ struct WorkerContext {
     tracker: Arc<Tracker>,
     producer: EngineProducer,
     flush_timeout: Duration,
+    eos: bool,
 }
 
 impl ClientContext for WorkerContext {
@@ -442,14 +448,18 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 metrics::counter!(m::REBALANCES_TOTAL, "kind" => "revoke").increment(1);
-                // Finish what is in flight so its offsets can be committed
-                // before another member takes the partitions over.
-                if let Err(e) = self.producer.flush(self.flush_timeout) {
-                    tracing::warn!(error = %e, "flush on revoke did not finish; the new owner may decide some requests again");
-                }
-                store_done(consumer, &self.topic, &self.tracker);
-                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                    tracing::debug!(error = %e, "commit on revoke");
+                // At-least-once: finish what is in flight so its offsets can
+                // be committed before another member takes the partitions
+                // over. (Exactly-once commits offsets in the transaction; an
+                // open one fails its commit with a fencing error and aborts.)
+                if !self.eos {
+                    if let Err(e) = self.producer.flush(self.flush_timeout) {
+                        tracing::warn!(error = %e, "flush on revoke did not finish; the new owner may decide some requests again");
+                    }
+                    store_done(consumer, &self.topic, &self.tracker);
+                    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                        tracing::debug!(error = %e, "commit on revoke");
+                    }
                 }
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.tracker.forget(&parts);
@@ -503,15 +513,17 @@ pub fn run_worker(
     let cfg = &shared.cfg;
     let topic = cfg.topics.requests.clone();
     let tracker = Arc::new(Tracker::default());
+    let eos = cfg.engine.delivery == DeliveryMode::ExactlyOnce;
     let mut cc: ClientConfig = base_config(&cfg.kafka, &format!("worker-{worker}"));
     cc.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", if eos { "false" } else { "true" })
         .set(
             "auto.commit.interval.ms",
             cfg.engine.commit_interval_ms.to_string(),
         )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set(
@@ -529,6 +541,7 @@ pub fn run_worker(
             tracker: Arc::clone(&tracker),
             producer: shared.producer.clone(),
             flush_timeout: Duration::from_millis(cfg.engine.shutdown_timeout_ms),
+            eos,
         })
         .map_err(|source| KafkaBoundaryError::Client {
             what: "request consumer",
@@ -540,45 +553,84 @@ pub fn run_worker(
             what: "request subscription",
             source,
         })?;
-    tracing::info!(worker, %topic, "worker subscribed");
+    tracing::info!(worker, %topic, delivery = ?cfg.engine.delivery, "worker subscribed");
+    let result = if eos {
+        run_exactly_once(&shared, worker, &consumer, &shutdown)
+    } else {
+        run_at_least_once(&shared, &consumer, &tracker, &shutdown)
+    };
+    tracing::info!(worker, "worker stopped");
+    result
+}
 
+/// Poll one message; `Ok(None)` when there was none (or a transient error).
+fn poll_one<'c>(
+    consumer: &'c BaseConsumer<WorkerContext>,
+    timeout: Duration,
+) -> Result<Option<BorrowedMessage<'c>>, PipelineError> {
+    match consumer.poll(timeout) {
+        None => Ok(None),
+        Some(Ok(msg)) => Ok(Some(msg)),
+        Some(Err(KafkaError::MessageConsumptionFatal(code))) => Err(PipelineError::Consumer(
+            KafkaError::MessageConsumptionFatal(code),
+        )),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+            Ok(None)
+        }
+    }
+}
+
+fn send_failure(e: SendError) -> Option<PipelineError> {
+    match e {
+        SendError::Shutdown => None,
+        SendError::Refused(e) => Some(PipelineError::Delivery(e.to_string())),
+    }
+}
+
+fn run_at_least_once(
+    shared: &Shared,
+    consumer: &BaseConsumer<WorkerContext>,
+    tracker: &Arc<Tracker>,
+    shutdown: &CancellationToken,
+) -> Result<(), PipelineError> {
+    let topic = &shared.cfg.topics.requests;
+    let out = Output {
+        producer: &shared.producer,
+        deadletters: &shared.deadletters,
+        tracker: Some(tracker),
+    };
     let mut result = Ok(());
     while !shutdown.is_cancelled() {
         if let Some(f) = tracker.failure() {
             result = Err(PipelineError::Delivery(f));
             break;
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(msg)) => {
-                if let Err(e) = process(&shared, &tracker, &msg, &shutdown) {
-                    match e {
-                        SendError::Shutdown => break,
-                        SendError::Refused(e) => {
-                            result = Err(PipelineError::Delivery(e.to_string()));
-                            break;
-                        }
+        match poll_one(consumer, Duration::from_millis(100)) {
+            Ok(None) => {}
+            Ok(Some(msg)) => {
+                if let Err(e) = process(shared, &out, &msg, shutdown) {
+                    if let Some(f) = send_failure(e) {
+                        result = Err(f);
                     }
+                    break;
                 }
             }
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                result = Err(PipelineError::Consumer(
-                    KafkaError::MessageConsumptionFatal(code),
-                ));
+            Err(e) => {
+                result = Err(e);
                 break;
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error (librdkafka retries)"),
         }
-        store_done(&consumer, &topic, &tracker);
+        store_done(consumer, topic, tracker);
     }
 
     // Drain: wait for what is in flight, store its offsets, commit.
-    let deadline = Instant::now() + Duration::from_millis(cfg.engine.shutdown_timeout_ms);
+    let deadline = Instant::now() + Duration::from_millis(shared.cfg.engine.shutdown_timeout_ms);
     while tracker.pending() > 0 && Instant::now() < deadline && tracker.failure().is_none() {
         let _ = shared.producer.flush(Duration::from_millis(100));
-        store_done(&consumer, &topic, &tracker);
+        store_done(consumer, topic, tracker);
     }
-    store_done(&consumer, &topic, &tracker);
+    store_done(consumer, topic, tracker);
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit (nothing stored?)");
     }
@@ -589,13 +641,197 @@ pub fn run_worker(
             "shutdown bound reached with deliveries pending; those requests will be decided again"
         );
     }
-    tracing::info!(worker, "worker stopped");
     result
+}
+
+/// Create the transactional producer of an exactly-once worker.
+pub fn create_transactional_producer(
+    cfg: &Config,
+    instance_id: &str,
+    worker: usize,
+) -> Result<EngineProducer, KafkaBoundaryError> {
+    let mut cc = base_config(&cfg.kafka, &format!("txn-{worker}"));
+    cc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "transactional.id",
+            format!("{}-{instance_id}-w{worker}", cfg.kafka.group_id),
+        )
+        .set("transaction.timeout.ms", "60000")
+        .set("linger.ms", cfg.engine.producer_linger_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            cfg.engine.producer_queue_max_messages.to_string(),
+        )
+        .set("compression.type", "lz4");
+    cc.create_with_context(DeliveryContext)
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "transactional producer",
+            source,
+        })
+}
+
+fn txn_error(what: &str, e: KafkaError) -> PipelineError {
+    PipelineError::Transaction(format!("{what}: {e}"))
+}
+
+/// What to do after a failed transactional call.
+enum TxnFailure {
+    /// Abort, rewind, carry on.
+    Abort(KafkaError),
+    /// Stop the worker (fenced, or fatal).
+    Fatal(KafkaError),
+}
+
+fn classify_txn(e: KafkaError) -> TxnFailure {
+    match &e {
+        KafkaError::Transaction(rde) if rde.is_fatal() => TxnFailure::Fatal(e),
+        _ => TxnFailure::Abort(e),
+    }
+}
+
+/// Exactly-once: read, decide and produce inside a transaction, with the
+/// consumed offsets sent to the same transaction (fenced by the group
+/// generation, KIP-447). On an abortable error the transaction is aborted
+/// and the consumer rewinds to the first offset of the batch.
+fn run_exactly_once(
+    shared: &Shared,
+    worker: usize,
+    consumer: &BaseConsumer<WorkerContext>,
+    shutdown: &CancellationToken,
+) -> Result<(), PipelineError> {
+    let cfg = &shared.cfg;
+    let topic = &cfg.topics.requests;
+    let timeout = Duration::from_millis(cfg.engine.shutdown_timeout_ms.max(10_000));
+    let producer = create_transactional_producer(cfg, &shared.instance_id, worker)?;
+    producer
+        .init_transactions(timeout)
+        .map_err(|e| txn_error("init_transactions", e))?;
+    let deadletters = DeadLetterSink::new(
+        producer.clone(),
+        cfg.topics.deadletter.clone(),
+        cfg.engine.deadletter_max_payload_bytes,
+        shutdown.clone(),
+    );
+    let out = Output {
+        producer: &producer,
+        deadletters: &deadletters,
+        tracker: None,
+    };
+    let max_n = cfg.engine.transaction_max_messages;
+    let max_wait = Duration::from_millis(cfg.engine.transaction_max_ms);
+
+    while !shutdown.is_cancelled() {
+        let Some(first) = poll_one(consumer, Duration::from_millis(100))? else {
+            continue;
+        };
+        producer
+            .begin_transaction()
+            .map_err(|e| txn_error("begin_transaction", e))?;
+        // partition -> (first offset, next offset)
+        let mut span: HashMap<i32, (i64, i64)> = HashMap::new();
+        let opened = Instant::now();
+        let mut n = 0;
+        let mut msg = Some(first);
+        let mut failed = None;
+        while let Some(m) = msg.take() {
+            let e = span
+                .entry(m.partition())
+                .or_insert((m.offset(), m.offset()));
+            e.1 = m.offset() + 1;
+            n += 1;
+            if let Err(e) = process(shared, &out, &m, shutdown) {
+                failed = Some(e);
+                break;
+            }
+            drop(m);
+            let left = max_wait.saturating_sub(opened.elapsed());
+            if n >= max_n || left.is_zero() || shutdown.is_cancelled() {
+                break;
+            }
+            msg = poll_one(consumer, left)?;
+            if msg.is_none() && opened.elapsed() < max_wait {
+                msg = poll_one(consumer, max_wait.saturating_sub(opened.elapsed()))?;
+            }
+        }
+        let commit = match failed {
+            Some(SendError::Shutdown) => Err(TxnFailure::Abort(KafkaError::Canceled)),
+            Some(SendError::Refused(e)) => Err(TxnFailure::Fatal(e)),
+            None => commit_batch(&producer, consumer, topic, &span, timeout),
+        };
+        match commit {
+            Ok(()) => {
+                metrics::counter!(m::OFFSETS_STORED_TOTAL).increment(span.len() as u64);
+            }
+            Err(TxnFailure::Abort(e)) => {
+                tracing::warn!(error = %e, requests = n, "transaction aborted; rewinding");
+                if let Err(e) = producer.abort_transaction(timeout) {
+                    return Err(txn_error("abort_transaction", e));
+                }
+                for (p, (first, _)) in &span {
+                    if let Err(e) = consumer.seek(topic, *p, Offset::Offset(*first), timeout) {
+                        tracing::debug!(partition = p, error = %e, "rewind (partition revoked?)");
+                    }
+                }
+            }
+            Err(TxnFailure::Fatal(e)) => {
+                let _ = producer.abort_transaction(timeout);
+                return Err(txn_error("transaction", e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn commit_batch(
+    producer: &EngineProducer,
+    consumer: &BaseConsumer<WorkerContext>,
+    topic: &str,
+    span: &HashMap<i32, (i64, i64)>,
+    timeout: Duration,
+) -> Result<(), TxnFailure> {
+    let mut tpl = TopicPartitionList::new();
+    for (p, (_, next)) in span {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
+            .map_err(TxnFailure::Fatal)?;
+    }
+    let Some(group) = consumer.group_metadata() else {
+        return Err(TxnFailure::Abort(KafkaError::Canceled));
+    };
+    producer
+        .send_offsets_to_transaction(&tpl, &group, timeout)
+        .map_err(classify_txn)?;
+    producer.commit_transaction(timeout).map_err(classify_txn)
+}
+
+/// Where a worker's records go.
+struct Output<'a> {
+    producer: &'a EngineProducer,
+    deadletters: &'a DeadLetterSink,
+    /// At-least-once: the offset tracker. Exactly-once: none (the
+    /// transaction commits offsets).
+    tracker: Option<&'a Arc<Tracker>>,
+}
+
+impl Output<'_> {
+    fn begin(&self, partition: i32, offset: i64, deliveries: u8) {
+        if let Some(t) = self.tracker {
+            t.begin(partition, offset, deliveries);
+        }
+    }
+
+    fn ack(&self, partition: i32, offset: i64) -> Box<Ack> {
+        Box::new(Ack {
+            tracker: self.tracker.cloned(),
+            partition,
+            offset,
+        })
+    }
 }
 
 fn process(
     shared: &Shared,
-    tracker: &Arc<Tracker>,
+    out: &Output<'_>,
     msg: &BorrowedMessage<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), SendError> {
@@ -619,7 +855,7 @@ fn process(
             let elig = Eligibility {
                 subject: subject.as_deref(),
                 organization: org.as_deref(),
-                data_stale: false,
+                data_stale: shared.feed.is_stale(),
             };
             let verdict = decide(&policy, &elig, &req);
             let now = OffsetDateTime::now_utc();
@@ -652,32 +888,32 @@ fn process(
                 source: Some(source),
                 engine_instance: shared.instance_id.clone(),
             };
-            tracker.begin(partition, offset, 1);
-            let r = publish_decision(shared, tracker, &decision, partition, offset, shutdown);
+            out.begin(partition, offset, 1);
+            let r = publish_decision(shared, out, &decision, partition, offset, shutdown);
             metrics::histogram!(m::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
             r
         }
         Err(err) => {
             let request_id = salvage_request_id(payload);
             tracing::warn!(partition, offset, error = %err, ?request_id, "malformed request dead-lettered");
-            tracker.begin(partition, offset, 1 + u8::from(request_id.is_some()));
+            out.begin(partition, offset, 1 + u8::from(request_id.is_some()));
             let origin = Origin {
                 topic: msg.topic(),
                 partition,
                 offset,
                 key: msg.key(),
             };
-            shared.deadletters.send(
+            out.deadletters.send(
                 Source::Requests,
                 &err,
                 &origin,
                 payload,
-                Some(Arc::clone(tracker)),
+                out.tracker.cloned(),
             )?;
             if let Some(request_id) = request_id {
                 let decision = malformed_decision(&policy, request_id, source, &shared.instance_id);
                 metrics::counter!(m::DECISIONS_TOTAL, "outcome" => "deny", "reason" => reason::MALFORMED_REQUEST, "model" => "unknown").increment(1);
-                publish_decision(shared, tracker, &decision, partition, offset, shutdown)?;
+                publish_decision(shared, out, &decision, partition, offset, shutdown)?;
             }
             Ok(())
         }
@@ -715,24 +951,17 @@ pub fn malformed_decision(
 
 fn publish_decision(
     shared: &Shared,
-    tracker: &Arc<Tracker>,
+    out: &Output<'_>,
     decision: &Decision,
     partition: i32,
     offset: i64,
     shutdown: &CancellationToken,
 ) -> Result<(), SendError> {
     let body = serde_json::to_vec(decision).unwrap_or_default();
-    let rec = BaseRecord::with_opaque_to(
-        &shared.cfg.topics.decisions,
-        Box::new(Ack {
-            tracker: Some(Arc::clone(tracker)),
-            partition,
-            offset,
-        }),
-    )
-    .key(decision.request_id.as_bytes())
-    .payload(body.as_slice());
-    send_with_backpressure(&shared.producer, rec, shutdown)
+    let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.decisions, out.ack(partition, offset))
+        .key(decision.request_id.as_bytes())
+        .payload(body.as_slice());
+    send_with_backpressure(out.producer, rec, shutdown)
 }
 
 #[cfg(test)]

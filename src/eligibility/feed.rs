@@ -32,6 +32,9 @@ use crate::pipeline::{DeadLetterSink, Origin, Source};
 #[derive(Debug, Default)]
 pub struct FeedState {
     ready: AtomicBool,
+    stale: AtomicBool,
+    /// Staleness bound in ms (0: never stale).
+    bound_ms: AtomicI64,
     inner: Mutex<FeedPositions>,
     last_record_ms: AtomicI64,
 }
@@ -47,9 +50,61 @@ pub struct FeedPositions {
     pub caught_up: BTreeMap<i32, bool>,
     /// Records applied since start.
     pub applied: u64,
+    /// Last time (ms since the epoch) each partition was confirmed caught
+    /// up with its high watermark while its leader was reachable.
+    pub caught_up_at_ms: BTreeMap<i32, i64>,
+    /// Whether the data is stale (not confirmed caught up within the bound).
+    pub stale: bool,
 }
 
 impl FeedState {
+    /// A state whose data goes stale after `bound` without confirmation
+    /// that the feed is caught up (zero: never).
+    pub fn with_staleness_bound(bound: Duration) -> Self {
+        let s = Self::default();
+        s.bound_ms.store(
+            bound.as_millis().min(i64::MAX as u128) as i64,
+            Ordering::Relaxed,
+        );
+        s
+    }
+
+    /// Whether the eligibility data is stale: the feed has not been
+    /// confirmed caught up within the staleness bound (outage or lag).
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Partition `p` was seen caught up (at its high watermark) now.
+    fn confirm(&self, g: &mut FeedPositions, p: i32) {
+        g.caught_up_at_ms.insert(p, now_ms());
+    }
+
+    /// Recompute the staleness flag.
+    fn refresh_staleness(&self) {
+        let bound = self.bound_ms.load(Ordering::Relaxed);
+        if bound <= 0 || !self.is_ready() {
+            return;
+        }
+        let now = now_ms();
+        let mut g = self.lock();
+        let oldest = g.caught_up_at_ms.values().copied().min().unwrap_or(now);
+        let stale = now - oldest > bound;
+        g.stale = stale;
+        drop(g);
+        if self.stale.swap(stale, Ordering::Relaxed) != stale {
+            if stale {
+                tracing::warn!(
+                    bound_ms = bound,
+                    "eligibility data is stale: controlled models are denied until the change feed catches up"
+                );
+            } else {
+                tracing::info!("eligibility data fresh again");
+            }
+            metrics::gauge!(m::FEED_STALE).set(if stale { 1.0 } else { 0.0 });
+        }
+    }
+
     /// Whether the feed has caught up with the startup high watermarks.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -72,6 +127,8 @@ impl FeedState {
 
     fn start(&self, highs: BTreeMap<i32, i64>, starts: &BTreeMap<i32, i64>) {
         let mut g = self.lock();
+        let now = now_ms();
+        g.caught_up_at_ms = highs.keys().map(|p| (*p, now)).collect();
         g.caught_up = highs
             .iter()
             .map(|(p, h)| (*p, starts.get(p).copied().unwrap_or(0) >= *h))
@@ -100,10 +157,11 @@ impl FeedState {
     }
 
     fn eof(&self, partition: i32) {
+        let mut g = self.lock();
+        self.confirm(&mut g, partition);
         if self.is_ready() {
             return;
         }
-        let mut g = self.lock();
         g.caught_up.insert(partition, true);
         if g.caught_up.values().all(|c| *c) {
             drop(g);
@@ -152,17 +210,29 @@ impl ClientContext for FeedContext {
             metrics::gauge!(m::FEED_LAST_RECORD_AGE_SECONDS)
                 .set((now_ms - last).max(0) as f64 / 1000.0);
         }
-        let positions = self.state.positions().positions;
+        let up: Vec<i32> = stats
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .map(|b| b.nodeid)
+            .collect();
+        let mut g = self.state.lock();
         if let Some(t) = stats.topics.get(&self.topic) {
             for (p, ps) in &t.partitions {
                 if *p < 0 {
                     continue;
                 }
-                let pos = positions.get(p).copied().unwrap_or(ps.lo_offset.max(0));
+                let pos = g.positions.get(p).copied().unwrap_or(ps.lo_offset.max(0));
                 let lag = (ps.hi_offset - pos).max(0);
                 metrics::gauge!(m::FEED_LAG_MESSAGES, "partition" => p.to_string()).set(lag as f64);
+                // Fresh: the leader answers, and nothing is left to apply.
+                if lag == 0 && ps.hi_offset >= 0 && up.contains(&ps.leader) {
+                    self.state.confirm(&mut g, *p);
+                }
             }
         }
+        drop(g);
+        self.state.refresh_staleness();
     }
 }
 impl ConsumerContext for FeedContext {}
@@ -186,6 +256,9 @@ pub fn run(
 ) -> Result<(), FeedError> {
     let topic = cfg.topics.eligibility.clone();
     let mut cc: ClientConfig = base_config(&cfg.kafka, "feed");
+    if let Some(b) = &cfg.kafka.feed_bootstrap_servers {
+        cc.set("bootstrap.servers", b);
+    }
     cc.set("group.id", format!("{}-feed-unused", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -270,6 +343,7 @@ pub fn run(
     update_counts(&store);
 
     while !shutdown.is_cancelled() {
+        state.refresh_staleness();
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(msg)) => {

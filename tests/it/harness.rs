@@ -91,18 +91,28 @@ pub async fn create_topics(cfg: &Config) {
         .expect("create topics");
 }
 
+/// Cancels the engine when dropped, so that a failing test stops its
+/// engine (whose threads would otherwise keep the test runtime alive).
+pub struct StopGuard(CancellationToken);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 /// Start an in-process engine.
-pub async fn start_engine(cfg: &Config) -> (EngineHandle, CancellationToken) {
+pub async fn start_engine(cfg: &Config) -> (EngineHandle, StopGuard) {
     let stop = CancellationToken::new();
     let h = engine::start(cfg.clone(), stop.clone())
         .await
         .expect("engine starts");
-    (h, stop)
+    (h, StopGuard(stop))
 }
 
 /// Stop an in-process engine and check it stopped cleanly.
-pub async fn stop_engine(h: EngineHandle, stop: CancellationToken) {
-    stop.cancel();
+pub async fn stop_engine(h: EngineHandle, stop: StopGuard) {
+    stop.0.cancel();
     tokio::time::timeout(Duration::from_secs(60), h.join)
         .await
         .expect("engine stops within 60 s")
