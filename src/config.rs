@@ -74,6 +74,8 @@ pub struct TopicsConfig {
     pub decisions: String,
     /// Dead letters (output).
     pub deadletter: String,
+    /// Published policies (compacted, one partition).
+    pub policy: String,
     /// Partitions of each topic when created.
     pub partitions: i32,
     /// Replication factor when created.
@@ -89,6 +91,7 @@ impl Default for TopicsConfig {
             eligibility: "eligibility.changes".into(),
             decisions: "access.decisions".into(),
             deadletter: "access.deadletter".into(),
+            policy: "clearance.policy".into(),
             partitions: 6,
             replication_factor: 1,
             create_missing: true,
@@ -407,6 +410,7 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
         ("topics.eligibility", &cfg.topics.eligibility),
         ("topics.decisions", &cfg.topics.decisions),
         ("topics.deadletter", &cfg.topics.deadletter),
+        ("topics.policy", &cfg.topics.policy),
     ] {
         if topic.is_empty()
             || topic.len() > 249

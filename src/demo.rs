@@ -75,6 +75,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             ] {
                 mock.create_topic(t, cfg.topics.partitions, 1)?;
             }
+            mock.create_topic(&cfg.topics.policy, 1, 1)?;
             cfg.kafka.bootstrap_servers = mock.bootstrap_servers();
             cfg.topics.create_missing = false;
             println!(

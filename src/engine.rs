@@ -22,6 +22,7 @@ use crate::kafka::{self, KafkaBoundaryError, RetryHint};
 use crate::metrics as m;
 use crate::pipeline::{self, ActivePolicy, DeadLetterSink, Shared};
 use crate::policy::{CompiledPolicy, PolicyError};
+use crate::rollout::{self, RolloutState};
 
 /// Errors that stop the engine.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum EngineError {
     /// A request worker stopped.
     #[error("pipeline: {0}")]
     Pipeline(#[from] pipeline::PipelineError),
+    /// The policy watcher failed.
+    #[error("policy rollout: {0}")]
+    Rollout(#[from] rollout::RolloutError),
     /// The change feed did not catch up in time.
     #[error("change feed did not catch up within {0} s")]
     CatchupTimeout(u64),
@@ -61,19 +65,34 @@ pub struct EngineState {
     pub policy: Arc<ActivePolicy>,
     /// Request partitions assigned to this instance.
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
+    /// Policy rollout state.
+    pub rollout: Arc<RolloutState>,
+}
+
+impl EngineState {
+    /// Ready to decide: the eligibility feed and the policy topic have both
+    /// caught up with their startup ends.
+    pub fn is_ready(&self) -> bool {
+        self.feed.is_ready() && self.rollout.is_ready()
+    }
 }
 
 impl StatusSource for EngineState {
     fn ready(&self) -> bool {
-        self.feed.is_ready()
+        self.is_ready()
     }
 
     fn status(&self) -> serde_json::Value {
         let p = self.policy.current();
         serde_json::json!({
             "instance_id": self.instance_id,
-            "ready": self.feed.is_ready(),
-            "policy": { "id": p.id, "version": p.version, "data_version": p.data_version },
+            "ready": self.is_ready(),
+            "policy": {
+                "id": p.id,
+                "version": p.version,
+                "data_version": p.data_version,
+                "rollout": self.rollout.info(),
+            },
             "eligibility": {
                 "users": self.store.user_count(),
                 "organizations": self.store.org_count(),
@@ -172,6 +191,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         feed: Arc::clone(&feed_state),
         policy: Arc::new(ActivePolicy::new(policy)),
         assigned: Arc::default(),
+        rollout: Arc::new(RolloutState::default()),
     });
 
     let listener = admin::bind(&cfg.admin.listen).await?;
@@ -203,6 +223,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         tokio::task::spawn_blocking(move || feed::run(&cfg, store, fs, dl, BTreeMap::new(), stop))
     };
 
+    let policy_task = {
+        let (cfg, active, st, stop) = (
+            cfg.clone(),
+            Arc::clone(&state.policy),
+            Arc::clone(&state.rollout),
+            feed_stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || rollout::run(&cfg, active, st, stop))
+    };
+
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         store,
@@ -215,7 +245,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
     });
     let st = Arc::clone(&state);
     let join = tokio::spawn(async move {
-        let result = supervise(shared, st, feed_task, &feed_stop, shutdown.clone()).await;
+        let result = supervise(
+            shared,
+            st,
+            feed_task,
+            policy_task,
+            &feed_stop,
+            shutdown.clone(),
+        )
+        .await;
         feed_stop.cancel();
         // Whatever else is queued (dead letters of the feed) goes out now.
         let p = producer.clone();
@@ -236,19 +274,25 @@ async fn supervise(
     shared: Arc<Shared>,
     state: Arc<EngineState>,
     mut feed_task: JoinHandle<Result<(), feed::FeedError>>,
+    mut policy_task: JoinHandle<Result<(), rollout::RolloutError>>,
     feed_stop: &CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), EngineError> {
     // Wait for the feed to catch up: no decision before that.
     let catchup = shared.cfg.engine.feed_catchup_timeout_secs;
     let started = tokio::time::Instant::now();
-    while !state.feed.is_ready() {
+    while !state.is_ready() {
         if catchup > 0 && started.elapsed() > Duration::from_secs(catchup) {
             return Err(EngineError::CatchupTimeout(catchup));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             r = &mut feed_task => return Err(feed_exit(r)),
+            r = &mut policy_task => return Err(match r {
+                Ok(Ok(())) => EngineError::Task("policy watcher stopped".into()),
+                Ok(Err(e)) => EngineError::Rollout(e),
+                Err(e) => EngineError::Task(e.to_string()),
+            }),
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
@@ -278,6 +322,7 @@ async fn supervise(
     };
     feed_stop.cancel();
     let _ = feed_task.await;
+    let _ = policy_task.await;
     if result.is_err() {
         shutdown.cancel();
     }

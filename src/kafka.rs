@@ -92,18 +92,20 @@ pub fn base_config(k: &KafkaConfig, client_suffix: &str) -> ClientConfig {
     c
 }
 
+/// Whether a librdkafka property holds a secret (never printed or logged).
+pub fn is_secret_key(k: &str) -> bool {
+    ["password", "secret", "key", "token", "jaas"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
 /// Describe a client config for logs, with every secret-looking value
 /// replaced by `***`.
 pub fn redacted(c: &ClientConfig) -> String {
     let mut pairs: Vec<String> = c
         .config_map()
         .iter()
-        .map(|(k, v)| {
-            let secret = ["password", "secret", "key", "token", "jaas"]
-                .iter()
-                .any(|s| k.contains(s));
-            format!("{k}={}", if secret { "***" } else { v })
-        })
+        .map(|(k, v)| format!("{k}={}", if is_secret_key(k) { "***" } else { v }))
         .collect();
     pairs.sort();
     pairs.join(" ")
@@ -112,7 +114,7 @@ pub fn redacted(c: &ClientConfig) -> String {
 /// A topic to create: `(name, partitions, configs)`.
 pub type TopicSpec = (String, i32, Vec<(&'static str, &'static str)>);
 
-/// The four topics with their configs.
+/// The topics with their configs.
 pub fn topic_specs(t: &TopicsConfig) -> Vec<TopicSpec> {
     vec![
         (t.requests.clone(), t.partitions, vec![]),
@@ -127,6 +129,11 @@ pub fn topic_specs(t: &TopicsConfig) -> Vec<TopicSpec> {
         ),
         (t.decisions.clone(), t.partitions, vec![]),
         (t.deadletter.clone(), t.partitions.min(3), vec![]),
+        (
+            t.policy.clone(),
+            1,
+            vec![("cleanup.policy", "compact"), ("min.compaction.lag.ms", "0")],
+        ),
     ]
 }
 

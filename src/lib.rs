@@ -20,6 +20,8 @@
 //!   `/status`).
 //! - [`metrics`]: every metric name, in one place.
 //! - [`config`]: the typed, layered configuration.
+//! - [`rollout`]: policy publishing, and the watcher that swaps a newly
+//!   published policy in (or schedules, or rejects it).
 //! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
@@ -35,3 +37,4 @@ pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod rollout;

@@ -93,12 +93,98 @@ enum Command {
     },
     /// Check a configuration: print the effective values, or every error.
     Config(ConfigArgs),
+    /// Policy tools: check, test, diff, publish.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file: every error with file, line and field; warnings.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Run the policy's test cases (default: FILE with `.tests.toml`).
+    Test {
+        /// The policy file.
+        file: PathBuf,
+        /// The tests file.
+        #[arg(long)]
+        tests: Option<PathBuf>,
+    },
+    /// Which rules, sets, models and settings changed between two policies.
+    Diff {
+        /// The old policy.
+        old: PathBuf,
+        /// The new policy.
+        new: PathBuf,
+    },
+    /// Validate a policy and publish it to the policy topic: every running
+    /// engine picks it up (or schedules it for its `effective_from`).
+    Publish {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The policy file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create the four topics (existing ones are left alone).
     Create(ConfigArgs),
+}
+
+async fn policy_command(cmd: PolicyCommand) -> Result<()> {
+    use clearance::policy::{self, CompiledPolicy};
+    match cmd {
+        PolicyCommand::Check { file } => {
+            let p = CompiledPolicy::load_file(&file)?;
+            println!(
+                "{}: valid (policy {} version {}, data {}, {} rules)",
+                file.display(),
+                p.id,
+                p.version,
+                p.data_version,
+                p.rules.len()
+            );
+            for w in p.warnings() {
+                println!("warning: {w}");
+            }
+        }
+        PolicyCommand::Test { file, tests } => {
+            let p = CompiledPolicy::load_file(&file)?;
+            let tests = tests.unwrap_or_else(|| policy::testing::tests_path(&file));
+            let report = policy::testing::run_tests(&p, &tests)?;
+            println!("{report}");
+            if !report.ok() {
+                bail!("policy tests failed");
+            }
+        }
+        PolicyCommand::Diff { old, new } => {
+            print!("{}", policy::diff_files(&old, &new)?);
+        }
+        PolicyCommand::Publish { config, file } => {
+            let cfg = config.load()?;
+            let published = clearance::rollout::publish(&cfg, &file).await?;
+            println!(
+                "published policy {} version {} to {}[{}]@{}{}",
+                published.id,
+                published.version,
+                cfg.topics.policy,
+                published.partition,
+                published.offset,
+                published
+                    .effective_from
+                    .map(|t| format!(", effective from {t}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing() {
@@ -214,9 +300,15 @@ async fn main() -> Result<()> {
             }
         }
         Command::Config(args) => {
-            let cfg = args.load()?;
+            let mut cfg = args.load()?;
+            for (k, v) in cfg.kafka.properties.iter_mut() {
+                if clearance::kafka::is_secret_key(k) {
+                    *v = "***".into();
+                }
+            }
             print!("{}", toml::to_string_pretty(&cfg)?);
         }
+        Command::Policy { command } => policy_command(command).await?,
     }
     Ok(())
 }

@@ -44,6 +44,13 @@ pub const REBALANCES_TOTAL: &str = "clearance_rebalances_total";
 /// Gauge: policy info (value 1), labelled with `policy_id` and `policy_version`.
 pub const POLICY_INFO: &str = "clearance_policy_info";
 
+/// Counter: policies activated (swapped in).
+pub const POLICY_ACTIVATIONS_TOTAL: &str = "clearance_policy_activations_total";
+/// Counter: published policies rejected as invalid (the previous stays).
+pub const POLICY_REJECTED_TOTAL: &str = "clearance_policy_rejected_total";
+/// Counter: published policies scheduled for a future `effective_from`.
+pub const POLICY_SCHEDULED_TOTAL: &str = "clearance_policy_scheduled_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the Prometheus recorder (once per process) and describe every
@@ -113,5 +120,8 @@ fn describe() {
     );
     describe_gauge!(IN_FLIGHT_MESSAGES, "Produced, not yet confirmed.");
     describe_counter!(REBALANCES_TOTAL, "Consumer-group rebalances.");
-    describe_gauge!(POLICY_INFO, "The active policy (labels).");
+    describe_gauge!(POLICY_INFO, "The active policy (labels; 1 = active).");
+    describe_counter!(POLICY_ACTIVATIONS_TOTAL, "Policies activated.");
+    describe_counter!(POLICY_REJECTED_TOTAL, "Published policies rejected as invalid.");
+    describe_counter!(POLICY_SCHEDULED_TOTAL, "Published policies scheduled for later.");
 }
