@@ -209,9 +209,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         admin_stop.clone(),
     ));
 
-    // The change feed stops after the workers, so that a revocation that
-    // arrives during the drain still applies.
-    let feed_stop = CancellationToken::new();
+    // The change feed and the policy watcher stop with the root token (the
+    // workers make no new decision while they drain), or when the workers
+    // end on their own.
+    let feed_stop = shutdown.child_token();
     let feed_task = {
         let (cfg, store, fs, dl, stop) = (
             cfg.clone(),
@@ -314,6 +315,12 @@ async fn supervise(
     let result = tokio::select! {
         r = &mut all_workers => r,
         r = &mut feed_task => {
+            if shutdown.is_cancelled() && matches!(r, Ok(Ok(()))) {
+                // A normal shutdown: the feed stopped with the root token.
+                let result = all_workers.await;
+                let _ = policy_task.await;
+                return result;
+            }
             // The feed died: stop the workers (they drain and commit).
             shutdown.cancel();
             let _ = all_workers.await;

@@ -132,7 +132,10 @@ pub fn topic_specs(t: &TopicsConfig) -> Vec<TopicSpec> {
         (
             t.policy.clone(),
             1,
-            vec![("cleanup.policy", "compact"), ("min.compaction.lag.ms", "0")],
+            vec![
+                ("cleanup.policy", "compact"),
+                ("min.compaction.lag.ms", "0"),
+            ],
         ),
     ]
 }

@@ -122,6 +122,12 @@ fn describe() {
     describe_counter!(REBALANCES_TOTAL, "Consumer-group rebalances.");
     describe_gauge!(POLICY_INFO, "The active policy (labels; 1 = active).");
     describe_counter!(POLICY_ACTIVATIONS_TOTAL, "Policies activated.");
-    describe_counter!(POLICY_REJECTED_TOTAL, "Published policies rejected as invalid.");
-    describe_counter!(POLICY_SCHEDULED_TOTAL, "Published policies scheduled for later.");
+    describe_counter!(
+        POLICY_REJECTED_TOTAL,
+        "Published policies rejected as invalid."
+    );
+    describe_counter!(
+        POLICY_SCHEDULED_TOTAL,
+        "Published policies scheduled for later."
+    );
 }

@@ -204,7 +204,8 @@ pub fn run(
                 if parts.is_empty() {
                     return Err(KafkaBoundaryError::Topic {
                         topic,
-                        message: "policy topic does not exist (run `clearance topics create`)".into(),
+                        message: "policy topic does not exist (run `clearance topics create`)"
+                            .into(),
                         hint: crate::kafka::RetryHint::Fatal,
                     }
                     .into());
@@ -313,7 +314,11 @@ mod tests {
         p.version = "next".into();
         let before = active.current();
         activate(&active, &state, p, "test".into());
-        assert_eq!(before.version, CompiledPolicy::example().version, "old Arc unchanged");
+        assert_eq!(
+            before.version,
+            CompiledPolicy::example().version,
+            "old Arc unchanged"
+        );
         assert_eq!(active.current().version, "next");
         assert_eq!(state.info().activations, 1);
         assert_eq!(state.info().active_source, "test");

@@ -4,5 +4,6 @@
 
 mod harness;
 mod pipeline;
+mod policy;
 mod process;
 mod schemas;

@@ -268,3 +268,27 @@ async fn sigterm_commits_so_a_restart_decides_nothing_twice() {
         "after a graceful stop only the new requests are decided"
     );
 }
+
+/// The engine refuses to start without a valid policy, and says why.
+#[test]
+fn engine_refuses_an_invalid_policy() {
+    let dir = std::env::temp_dir().join(unique("clearance-badpolicy"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        include_str!("../../policies/example.toml").replacen("\"CN\"", "\"XX\"", 1),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["run"])
+        .env("CLEARANCE_POLICY__FILE", &policy)
+        .env("CLEARANCE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid policy"), "{err}");
+    assert!(err.contains("XX"), "names the bad value: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
