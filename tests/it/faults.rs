@@ -1,0 +1,236 @@
+//! Fault tests: exactly-once under repeated SIGKILL, stale eligibility data,
+//! and several engine instances joining and leaving one group. Each is
+//! bounded in time.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clearance::config::{Config, DeliveryMode};
+use clearance::event::{EligibilityRecord, Outcome};
+use clearance::loadgen;
+use rand::Rng;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::harness::*;
+
+fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> Child {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn clearance run")
+}
+
+/// A `read_committed` reader of every partition, from the beginning.
+fn committed_reader(topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("committed-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    c
+}
+
+/// Exactly-once: SIGKILL the engine at random points five times during a
+/// load, restart it each time; in the end every request has exactly one
+/// committed decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_repeated_sigkill() {
+    let mut cfg = test_config("eos");
+    cfg.engine.delivery = DeliveryMode::ExactlyOnce;
+    cfg.engine.transaction_max_ms = 50;
+    create_topics(&cfg).await;
+    let dir = std::env::temp_dir().join(unique("clearance-eos"));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let subjects: Vec<_> = (0..300).map(|i| loadgen::subject("eo", i)).collect();
+    let p = producer();
+    let recs: Vec<_> = subjects
+        .iter()
+        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
+        .collect();
+    publish_records(&p, &cfg, &recs);
+    const N: usize = 20_000;
+    let batch: Vec<_> = (0..N)
+        .map(|i| {
+            let s = &subjects[i % subjects.len()];
+            let r = loadgen::request(s, format!("eo-{i}"), loadgen::model_for(i));
+            (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
+        })
+        .collect();
+    publish_raw(&p, &cfg.topics.requests, &batch);
+
+    let c = committed_reader(&cfg.topics.decisions);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let absorb = |reads: Vec<Read>, counts: &mut HashMap<String, usize>| {
+        for d in decisions(&reads) {
+            *counts.entry(d.request_id).or_default() += 1;
+        }
+    };
+    let mut rng = rand::thread_rng();
+    for kill in 0..5 {
+        let mut child = spawn_engine(&cfg, &dir, "eos");
+        // Let it run a random while, then SIGKILL.
+        let wait = Duration::from_millis(rng.gen_range(1_500..4_000));
+        let reads = tokio::task::block_in_place(|| read_until(&c, wait, |_| false));
+        absorb(reads, &mut counts);
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        eprintln!("eos kill {kill}: {} requests decided so far", counts.len());
+    }
+    let mut child = spawn_engine(&cfg, &dir, "eos");
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while counts.len() < N && Instant::now() < deadline {
+        let reads =
+            tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(2), |_| false));
+        absorb(reads, &mut counts);
+    }
+    // Anything committed late shows up now, if at all.
+    let reads = tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(5), |_| false));
+    absorb(reads, &mut counts);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !counts.contains_key(&format!("eo-{i}")))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests without a committed decision: {missing:?}"
+    );
+    let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(doubled.is_empty(), "decisions committed twice: {doubled:?}");
+    assert_eq!(counts.len(), N);
+}
+
+/// Several instances in one group, joining and leaving during a load
+/// (rebalances): no request is left without a decision, and no subject is
+/// allowed after its revocation was applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_joining_and_leaving_lose_nothing() {
+    let cfg = test_config("group");
+    create_topics(&cfg).await;
+    let subjects: Vec<_> = (0..300).map(|i| loadgen::subject("gr", i)).collect();
+    let p = producer();
+    let recs: Vec<_> = subjects
+        .iter()
+        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
+        .collect();
+    publish_records(&p, &cfg, &recs);
+
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        let mut c = cfg.clone();
+        c.engine.instance_id = format!("{}-{i}", cfg.engine.instance_id);
+        instances.push(start_engine(&c).await);
+    }
+    for (h, _) in &instances {
+        wait_feed_applied(h, &cfg).await;
+    }
+    const N: usize = 30_000;
+    let revoked = subjects[0].clone(); // a U.S. citizen, allowed until revoked
+    let send = |range: std::ops::Range<usize>| {
+        let b: Vec<_> = range
+            .map(|i| {
+                let s = if i % 50 == 0 {
+                    &revoked
+                } else {
+                    &subjects[i % subjects.len()]
+                };
+                let model = if i % 50 == 0 {
+                    loadgen::TAGGED_MODEL
+                } else {
+                    loadgen::model_for(i)
+                };
+                let r = loadgen::request(s, format!("gr-{i:06}"), model);
+                (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
+            })
+            .collect();
+        publish_raw(&producer(), &cfg.topics.requests, &b);
+    };
+    send(0..10_000);
+    // One leaves, one joins, while requests flow.
+    let (h, stop) = instances.remove(0);
+    stop_engine(h, stop).await;
+    send(10_000..15_000);
+    let mut c3 = cfg.clone();
+    c3.engine.instance_id = format!("{}-3", cfg.engine.instance_id);
+    instances.push(start_engine(&c3).await);
+
+    // Revoke the subject; wait until every instance has applied it.
+    let mut rec = revoked.record.clone().unwrap();
+    rec.version = 2;
+    rec.revocation = Some(clearance::event::Revocation {
+        revoked_at: time::OffsetDateTime::now_utc(),
+        reason: None,
+    });
+    publish_records(&p, &cfg, &[EligibilityRecord::User(rec)]);
+    for (h, _) in &instances {
+        wait_feed_applied(h, &cfg).await;
+    }
+    send(15_000..N);
+    let (h, stop) = instances.remove(1);
+    stop_engine(h, stop).await;
+
+    let c = reader(&cfg.topics.decisions);
+    let ds = decisions(&tokio::task::block_in_place(|| {
+        read_until(&c, Duration::from_secs(240), |r| r.len() >= N)
+    }));
+    let first = first_by_request(&ds);
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !first.contains_key(&format!("gr-{i:06}")))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests without a decision: {missing:?}"
+    );
+    // Every decision of the revoked subject for requests sent after the
+    // revocation was applied everywhere is a deny; none of any instance is
+    // an allow.
+    for d in &ds {
+        let i: usize = d.request_id[3..].parse().unwrap();
+        if i >= 15_000 && i % 50 == 0 {
+            assert_eq!(
+                d.outcome,
+                Outcome::Deny,
+                "{} after revocation: {:?}",
+                d.request_id,
+                d.reasons
+            );
+        }
+    }
+    let instances_seen: std::collections::BTreeSet<&str> =
+        ds.iter().map(|d| d.engine_instance.as_str()).collect();
+    assert!(
+        instances_seen.len() >= 3,
+        "decisions came from several instances: {instances_seen:?}"
+    );
+    for (h, stop) in instances {
+        stop_engine(h, stop).await;
+    }
+}
