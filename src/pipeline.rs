@@ -644,7 +644,11 @@ fn run_at_least_once(
     result
 }
 
-/// Create the transactional producer of an exactly-once worker.
+/// Create the transactional producer of an exactly-once worker. Its
+/// `transactional.id` derives from the group, `engine.instance_id` and the
+/// worker: give each instance a stable `instance_id`, so that a restarted
+/// instance fences its killed predecessor and aborts its open transaction at
+/// once (instead of after `transaction.timeout.ms`).
 pub fn create_transactional_producer(
     cfg: &Config,
     instance_id: &str,

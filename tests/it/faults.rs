@@ -72,7 +72,7 @@ async fn exactly_once_survives_repeated_sigkill() {
         .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
         .collect();
     publish_records(&p, &cfg, &recs);
-    const N: usize = 20_000;
+    const N: usize = 30_000;
     let batch: Vec<_> = (0..N)
         .map(|i| {
             let s = &subjects[i % subjects.len()];
@@ -92,8 +92,15 @@ async fn exactly_once_survives_repeated_sigkill() {
     let mut rng = rand::thread_rng();
     for kill in 0..5 {
         let mut child = spawn_engine(&cfg, &dir, "eos");
-        // Let it run a random while, then SIGKILL.
-        let wait = Duration::from_millis(rng.gen_range(1_500..4_000));
+        // Wait until this instance commits decisions, then let it run a
+        // random while longer and SIGKILL it: the kill lands mid-load.
+        let before = counts.len();
+        let reads = tokio::task::block_in_place(|| {
+            read_until(&c, Duration::from_secs(90), |r| r.len() >= 300)
+        });
+        absorb(reads, &mut counts);
+        assert!(counts.len() > before, "instance {kill} made progress");
+        let wait = Duration::from_millis(rng.gen_range(100..1_500));
         let reads = tokio::task::block_in_place(|| read_until(&c, wait, |_| false));
         absorb(reads, &mut counts);
         child.kill().expect("SIGKILL");
