@@ -241,3 +241,190 @@ async fn instances_joining_and_leaving_lose_nothing() {
         stop_engine(h, stop).await;
     }
 }
+
+async fn engine_status(h: &clearance::engine::EngineHandle) -> serde_json::Value {
+    serde_json::from_str(
+        &clearance::admin::get(h.admin_addr, "/status")
+            .await
+            .unwrap()
+            .1,
+    )
+    .unwrap()
+}
+
+/// Send one request and return its decision.
+fn decide_one(
+    cfg: &Config,
+    reader: &BaseConsumer,
+    s: &loadgen::Subject,
+    id: &str,
+    model: &str,
+) -> clearance::event::Decision {
+    let r = loadgen::request(s, id.to_string(), model);
+    publish_raw(
+        &producer(),
+        &cfg.topics.requests,
+        &[(s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())],
+    );
+    let reads = read_until(reader, Duration::from_secs(60), |r| {
+        decisions(r).iter().any(|d| d.request_id == id)
+    });
+    decisions(&reads)
+        .into_iter()
+        .find(|d| d.request_id == id)
+        .unwrap_or_else(|| panic!("no decision for {id}"))
+}
+
+/// A change-feed outage longer than the staleness bound: controlled models
+/// are denied with `stale_data`, untagged ones keep being served, and
+/// recovery is automatic. The change feed lives on a broker of its own
+/// (`kafka.feed_bootstrap_servers`), which is stopped and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_outage_denies_only_controlled_models_until_recovery() {
+    let feed = PrivateBroker::up();
+    let mut cfg = test_config("stale");
+    cfg.kafka.feed_bootstrap_servers = Some(feed.bootstrap.clone());
+    cfg.engine.staleness_bound_secs = 3;
+    create_topics(&cfg).await;
+    let mut feed_kafka = cfg.kafka.clone();
+    feed_kafka.bootstrap_servers = feed.bootstrap.clone();
+    clearance::kafka::create_topics(&feed_kafka, &cfg.topics)
+        .await
+        .unwrap();
+
+    let us = loadgen::subject("sl", 0);
+    let fp = clearance::loadgen::data_producer(&feed.bootstrap).unwrap();
+    clearance::loadgen::publish_eligibility(
+        &fp,
+        &cfg.topics.eligibility,
+        &[EligibilityRecord::User(us.record.clone().unwrap())],
+    )
+    .unwrap();
+    let (h, stop) = start_engine(&cfg).await;
+    let targets = loadgen::high_watermarks(&feed.bootstrap, &cfg.topics.eligibility).unwrap();
+    loadgen::wait_for_feed(h.admin_addr, &targets, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = reader(&cfg.topics.decisions);
+
+    let d =
+        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-1", loadgen::TAGGED_MODEL));
+    assert_eq!(d.outcome, Outcome::Allow, "fresh: {:?}", d.reasons);
+
+    // Outage: the feed's broker goes away for longer than the bound.
+    tokio::task::block_in_place(|| feed.stop());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine_status(&h).await["feed"]["stale"] != true {
+        assert!(Instant::now() < deadline, "data never became stale");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d =
+        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-2", loadgen::TAGGED_MODEL));
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(
+        d.reasons.first().map(String::as_str),
+        Some("stale_data"),
+        "{:?}",
+        d.reasons
+    );
+    let d =
+        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-3", loadgen::UNTAGGED_MODEL));
+    assert_eq!(
+        d.outcome,
+        Outcome::Allow,
+        "untagged models keep working: {:?}",
+        d.reasons
+    );
+
+    // Recovery, without touching the engine.
+    tokio::task::block_in_place(|| feed.start());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while engine_status(&h).await["feed"]["stale"] != false {
+        assert!(Instant::now() < deadline, "data never became fresh again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d =
+        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-4", loadgen::TAGGED_MODEL));
+    assert_eq!(d.outcome, Outcome::Allow, "recovered: {:?}", d.reasons);
+    stop_engine(h, stop).await;
+}
+
+/// The broker stopped and restarted during a load: every request still
+/// gets a decision (at-least-once), with no engine restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_during_load_loses_nothing() {
+    let broker = PrivateBroker::up();
+    let mut cfg = test_config("brokerrestart");
+    cfg.kafka.bootstrap_servers = broker.bootstrap.clone();
+    create_topics(&cfg).await;
+    let subjects: Vec<_> = (0..100).map(|i| loadgen::subject("br", i)).collect();
+    let p = clearance::loadgen::data_producer(&broker.bootstrap).unwrap();
+    let recs: Vec<_> = subjects
+        .iter()
+        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
+        .collect();
+    clearance::loadgen::publish_eligibility(&p, &cfg.topics.eligibility, &recs).unwrap();
+    let (h, stop) = start_engine(&cfg).await;
+    let targets = loadgen::high_watermarks(&broker.bootstrap, &cfg.topics.eligibility).unwrap();
+    loadgen::wait_for_feed(h.admin_addr, &targets, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    const N: usize = 20_000;
+    let batch = |range: std::ops::Range<usize>| -> Vec<(Vec<u8>, Vec<u8>)> {
+        range
+            .map(|i| {
+                let s = &subjects[i % subjects.len()];
+                let r = loadgen::request(s, format!("br-{i}"), loadgen::model_for(i));
+                (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
+            })
+            .collect()
+    };
+    for (k, v) in batch(0..N / 2) {
+        clearance::loadgen::send_blocking(&p, &cfg.topics.requests, &k, Some(&v)).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // mid-load
+    tokio::task::block_in_place(|| broker.stop());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| broker.start());
+    for (k, v) in batch(N / 2..N) {
+        clearance::loadgen::send_blocking(&p, &cfg.topics.requests, &k, Some(&v)).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..cfg.topics.partitions {
+        tpl.add_partition_offset(&cfg.topics.decisions, part, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while seen.len() < N && Instant::now() < deadline {
+        let reads = tokio::task::block_in_place(|| {
+            read_until(&c, Duration::from_secs(2), |r| r.len() >= 5_000)
+        });
+        for d in decisions(&reads) {
+            total += 1;
+            seen.insert(d.request_id);
+        }
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !seen.contains(&format!("br-{i}")))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests without a decision: {missing:?}"
+    );
+    eprintln!("broker restart: {N} requests, {total} decisions");
+    stop_engine(h, stop).await;
+}

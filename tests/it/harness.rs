@@ -222,3 +222,59 @@ pub async fn wait_feed_applied(h: &EngineHandle, cfg: &Config) {
         .await
         .expect("feed applied");
 }
+
+/// A broker of a test's own (for faults that must not disturb the shared
+/// one): `scripts/kafka up --dir`, with `stop` and `start` keeping its data
+/// and ports. Removed on drop.
+pub struct PrivateBroker {
+    dir: std::path::PathBuf,
+    /// Its bootstrap address.
+    pub bootstrap: String,
+}
+
+fn kafka_script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run scripts/kafka");
+    assert!(
+        out.status.success(),
+        "scripts/kafka {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl PrivateBroker {
+    /// Start one (it needs Java and Maven, like the shared broker).
+    pub fn up() -> Self {
+        let dir = std::env::temp_dir().join(unique("clearance-private-broker"));
+        let pid = std::process::id().to_string();
+        let d = dir.to_string_lossy().to_string();
+        let bootstrap = kafka_script(&["up", "--dir", &d, "--owner-pid", &pid]);
+        PrivateBroker { dir, bootstrap }
+    }
+
+    /// Stop the broker, keeping its data.
+    pub fn stop(&self) {
+        kafka_script(&["stop", "--dir", &self.dir.to_string_lossy()]);
+    }
+
+    /// Start it again on the same ports with the same data.
+    pub fn start(&self) {
+        let b = kafka_script(&["start", "--dir", &self.dir.to_string_lossy()]);
+        assert_eq!(b, self.bootstrap, "same address after a restart");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
+            .args(["down", "--dir", &self.dir.to_string_lossy()])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
