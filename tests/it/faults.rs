@@ -163,12 +163,12 @@ async fn instances_joining_and_leaving_lose_nothing() {
     let send = |range: std::ops::Range<usize>| {
         let b: Vec<_> = range
             .map(|i| {
-                let s = if i % 50 == 0 {
+                let s = if i.is_multiple_of(50) {
                     &revoked
                 } else {
                     &subjects[i % subjects.len()]
                 };
-                let model = if i % 50 == 0 {
+                let model = if i.is_multiple_of(50) {
                     loadgen::TAGGED_MODEL
                 } else {
                     loadgen::model_for(i)
@@ -221,7 +221,7 @@ async fn instances_joining_and_leaving_lose_nothing() {
     // an allow.
     for d in &ds {
         let i: usize = d.request_id[3..].parse().unwrap();
-        if i >= 15_000 && i % 50 == 0 {
+        if i >= 15_000 && i.is_multiple_of(50) {
             assert_eq!(
                 d.outcome,
                 Outcome::Deny,
