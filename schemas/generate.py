@@ -503,12 +503,13 @@ DEFS["DeadLetter"] = obj(
     "A record that could not be processed, published on `access.deadletter`.",
     {
         "error_kind": desc(
-            'Stable error code ("empty", "not_utf8", "invalid_json", '
+            'Stable error code ("empty", "too_large", "not_utf8", "invalid_json", '
             '"invalid_document", "missing_field", "invalid_field", ...).',
             {
                 "type": "string",
                 "examples": [
                     "empty",
+                    "too_large",
                     "not_utf8",
                     "invalid_json",
                     "invalid_document",

@@ -142,6 +142,9 @@ pub struct EngineConfig {
     pub shutdown_timeout_ms: u64,
     /// Dead letters keep at most this many bytes of the original payload.
     pub deadletter_max_payload_bytes: usize,
+    /// Requests and change-feed records above this size are dead-lettered
+    /// (`too_large`) without being decoded.
+    pub max_input_bytes: usize,
     /// Give up waiting for the change feed to catch up after this long at
     /// startup (0: wait forever).
     pub feed_catchup_timeout_secs: u64,
@@ -161,6 +164,7 @@ impl Default for EngineConfig {
             commit_interval_ms: 1000,
             shutdown_timeout_ms: 10_000,
             deadletter_max_payload_bytes: 64 * 1024,
+            max_input_bytes: 256 * 1024,
             feed_catchup_timeout_secs: 0,
         }
     }
@@ -447,6 +451,9 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     }
     if cfg.engine.commit_interval_ms < 1 {
         bad("engine.commit_interval_ms", "must be at least 1".into());
+    }
+    if cfg.engine.max_input_bytes < 256 {
+        bad("engine.max_input_bytes", "must be at least 256".into());
     }
     if cfg.engine.deadletter_max_payload_bytes < 16 {
         bad(

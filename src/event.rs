@@ -495,6 +495,14 @@ pub enum DecodeError {
     /// The record has no value.
     #[error("record has no value")]
     Empty,
+    /// The record is larger than the configured limit.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The bytes are not UTF-8.
     #[error("payload is not valid UTF-8: {0}")]
     NotUtf8(String),
@@ -522,6 +530,7 @@ impl DecodeError {
     pub fn kind(&self) -> &'static str {
         match self {
             DecodeError::Empty => "empty",
+            DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotUtf8(_) => "not_utf8",
             DecodeError::InvalidJson(_) => "invalid_json",
             DecodeError::InvalidDocument(_) => "invalid_document",
@@ -593,6 +602,18 @@ pub fn decode_request(bytes: &[u8]) -> Result<AccessRequest, DecodeError> {
         }
     }
     Ok(req)
+}
+
+/// Reject a payload above `limit` bytes before decoding it.
+pub fn check_size(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
+    if bytes.len() > limit {
+        Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        })
+    } else {
+        Ok(())
+    }
 }
 
 /// Best effort: the `request_id` of a payload that failed to decode, so

@@ -34,8 +34,8 @@ use crate::config::{Config, DeliveryMode};
 use crate::decide::{decide, reason, Eligibility};
 use crate::eligibility::Store;
 use crate::event::{
-    decode_request, salvage_request_id, DeadLetter, Decision, DecisionInputs, DecodeError, Outcome,
-    RecordVersion, SourceCoordinates, Versions,
+    check_size, decode_request, salvage_request_id, DeadLetter, Decision, DecisionInputs,
+    DecodeError, Outcome, RecordVersion, SourceCoordinates, Versions,
 };
 use crate::kafka::{base_config, KafkaBoundaryError};
 use crate::metrics as m;
@@ -848,7 +848,9 @@ fn process(
         offset,
     };
     let policy = shared.policy.current();
-    match decode_request(payload) {
+    let decoded = check_size(payload, shared.cfg.engine.max_input_bytes)
+        .and_then(|()| decode_request(payload));
+    match decoded {
         Ok(req) => {
             let subject = shared.store.user(&req.subject_id);
             let org_id = req

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Applied, Store};
 use crate::config::Config;
-use crate::event::{decode_eligibility, parse_eligibility_key, DecodeError};
+use crate::event::{check_size, decode_eligibility, parse_eligibility_key, DecodeError};
 use crate::kafka::{base_config, KafkaBoundaryError};
 use crate::metrics as m;
 use crate::pipeline::{DeadLetterSink, Origin, Source};
@@ -348,7 +348,13 @@ pub fn run(
             None => {}
             Some(Ok(msg)) => {
                 let (p, off) = (msg.partition(), msg.offset());
-                apply(&store, &deadletters, &topic, &msg);
+                apply(
+                    &store,
+                    &deadletters,
+                    &topic,
+                    cfg.engine.max_input_bytes,
+                    &msg,
+                );
                 if let Some(ts) = msg.timestamp().to_millis() {
                     state.last_record_ms.store(ts, Ordering::Relaxed);
                 }
@@ -368,11 +374,19 @@ fn update_counts(store: &Store) {
     metrics::gauge!(m::ELIGIBILITY_RECORDS, "kind" => "organization").set(store.org_count() as f64);
 }
 
-fn apply<M: Message>(store: &Store, deadletters: &DeadLetterSink, topic: &str, msg: &M) {
+fn apply<M: Message>(
+    store: &Store,
+    deadletters: &DeadLetterSink,
+    topic: &str,
+    max_bytes: usize,
+    msg: &M,
+) {
     let key = msg.key().unwrap_or_default();
     let result: Result<Applied, DecodeError> = match msg.payload() {
         None => parse_eligibility_key(key).map(|(kind, id)| store.delete(kind, id)),
-        Some(bytes) => decode_eligibility(key, bytes).map(|rec| store.apply(rec)),
+        Some(bytes) => check_size(bytes, max_bytes)
+            .and_then(|()| decode_eligibility(key, bytes))
+            .map(|rec| store.apply(rec)),
     };
     match result {
         Ok(applied) => {

@@ -378,3 +378,131 @@ async fn no_decision_before_the_cache_caught_up() {
     assert_eq!(status["ready"].as_bool(), Some(true));
     stop_engine(h, stop).await;
 }
+
+/// Hostile input on both input topics: every record is dead-lettered with
+/// its reason, original bytes (truncated above the limit, with the size
+/// recorded) and coordinates; nothing panics; the engine keeps deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_dead_lettered_on_both_topics() {
+    let mut cfg = test_config("hostile");
+    cfg.engine.deadletter_max_payload_bytes = 1024;
+    cfg.engine.max_input_bytes = 100_000;
+    create_topics(&cfg).await;
+    let s = loadgen::subject("ho", 0);
+    let p = producer();
+    publish_records(&p, &cfg, &records(std::slice::from_ref(&s)));
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+
+    let huge = format!(
+        r#"{{"request_id":"ho-huge","event_time":"2026-11-28T12:00:00Z","subject_id":"x","model":"{}"}}"#,
+        "m".repeat(200_000)
+    );
+    let bad_requests: Vec<(&str, Vec<u8>)> = vec![
+        ("wrong_type", br#"{"request_id":"ho-1","event_time":"2026-11-28T12:00:00Z","subject_id":7,"model":"fable-5"}"#.to_vec()),
+        ("invalid_utf8", b"{\"request_id\":\"ho-2\",\xff\xfe}".to_vec()),
+        ("absurd_time", br#"{"request_id":"ho-3","event_time":"9999-01-01T00:00:00Z","subject_id":"a","model":"fable-5"}"#.to_vec()),
+        ("negative_time", br#"{"request_id":"ho-4","event_time":-5,"subject_id":"a","model":"fable-5"}"#.to_vec()),
+        ("unknown_enum", br#"{"request_id":"ho-5","event_time":"2026-11-28T12:00:00Z","subject_id":"a","model":"fable-5","geo":{"confidence":7.5}}"#.to_vec()),
+        ("empty", Vec::new()),
+        ("huge", huge.clone().into_bytes()),
+    ];
+    publish_raw(
+        &p,
+        &cfg.topics.requests,
+        &bad_requests
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.clone()))
+            .collect::<Vec<_>>(),
+    );
+    // And on the change feed: wrong key, unknown enum value, not JSON.
+    let bad_feed: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (
+            b"user:ho-other".to_vec(),
+            serde_json::to_vec(&EligibilityRecord::User(s.record.clone().unwrap())).unwrap(),
+        ),
+        (
+            b"user:ho-enum".to_vec(),
+            br#"{"kind":"user","id":"ho-enum","version":1,"us_person_status":"martian"}"#.to_vec(),
+        ),
+        (b"nokind".to_vec(), b"not json".to_vec()),
+    ];
+    publish_raw(&p, &cfg.topics.eligibility, &bad_feed);
+    // The engine keeps going.
+    let good = loadgen::request(&s, "ho-good".into(), loadgen::TAGGED_MODEL);
+    publish_raw(&p, &cfg.topics.requests, &[request_bytes(&good)]);
+
+    let dlc = reader(&cfg.topics.deadletter);
+    let want = bad_requests.len() + bad_feed.len();
+    let dls: Vec<DeadLetter> = tokio::task::block_in_place(|| {
+        read_until(&dlc, Duration::from_secs(60), |r| r.len() >= want)
+    })
+    .iter()
+    .map(|r| {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        schemas::validate("dead-letter", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
+        serde_json::from_value(v).unwrap()
+    })
+    .collect();
+    assert_eq!(dls.len(), want, "{dls:#?}");
+    let from_requests = dls
+        .iter()
+        .filter(|d| d.source.topic == cfg.topics.requests)
+        .count();
+    assert_eq!(from_requests, bad_requests.len());
+    let from_feed = dls
+        .iter()
+        .filter(|d| d.source.topic == cfg.topics.eligibility)
+        .count();
+    assert_eq!(from_feed, bad_feed.len());
+    let huge_dl = dls
+        .iter()
+        .find(|d| d.payload_size == huge.len())
+        .expect("huge one");
+    assert!(huge_dl.truncated);
+    use base64::Engine as _;
+    let kept = base64::engine::general_purpose::STANDARD
+        .decode(&huge_dl.payload_base64)
+        .unwrap();
+    assert_eq!(kept.len(), 1024);
+    assert_eq!(&kept[..], &huge.as_bytes()[..1024]);
+    for d in &dls {
+        assert!(!d.error.is_empty() && !d.error_kind.is_empty(), "{d:?}");
+    }
+
+    let c = reader(&cfg.topics.decisions);
+    let ds = decisions(&tokio::task::block_in_place(|| {
+        read_until(&c, Duration::from_secs(60), |r| {
+            let ids: Vec<String> = decisions(r).into_iter().map(|d| d.request_id).collect();
+            ["ho-good", "ho-1", "ho-3", "ho-4", "ho-5", "ho-huge"]
+                .iter()
+                .all(|id| ids.iter().any(|x| x == id))
+        })
+    }));
+    let first = first_by_request(&ds);
+    assert_eq!(
+        first["ho-good"].outcome,
+        Outcome::Allow,
+        "the engine kept going"
+    );
+    // A deny for each bad request whose id could be read.
+    for id in ["ho-1", "ho-3", "ho-4", "ho-5", "ho-huge"] {
+        assert_eq!(
+            first[id].reasons,
+            vec!["malformed_request".to_string()],
+            "{id}"
+        );
+    }
+    assert!(
+        !first.contains_key("ho-2"),
+        "invalid UTF-8 has no readable id"
+    );
+    let (_, metrics) = clearance::admin::get(h.admin_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("clearance_deadletters_total{source=\"eligibility\""),
+        "feed dead letters counted"
+    );
+    stop_engine(h, stop).await;
+}

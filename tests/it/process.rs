@@ -292,3 +292,30 @@ fn engine_refuses_an_invalid_policy() {
     assert!(err.contains("XX"), "names the bad value: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Secrets passed to Kafka never appear in what clearance prints.
+#[test]
+fn secrets_are_not_printed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["config"])
+        .env(
+            "CLEARANCE_KAFKA__PROPERTIES__SASL_PASSWORD",
+            "hunter2-secret-value",
+        )
+        .env("CLEARANCE_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("hunter2-secret-value"), "{all}");
+    assert!(all.contains("sasl.password"), "{all}");
+    assert!(all.contains("SASL_SSL"), "{all}");
+}
