@@ -506,3 +506,47 @@ async fn hostile_input_is_dead_lettered_on_both_topics() {
     );
     stop_engine(h, stop).await;
 }
+
+/// A full producer queue is backpressure, not an error or a drop: with a
+/// tiny local queue, every request still gets its decision and the
+/// backpressure counter moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_producer_queue_is_backpressure() {
+    let mut cfg = test_config("backpressure");
+    cfg.engine.producer_queue_max_messages = 5;
+    create_topics(&cfg).await;
+    let subjects: Vec<Subject> = (0..50).map(|i| loadgen::subject("bp", i)).collect();
+    let p = producer();
+    publish_records(&p, &cfg, &records(&subjects));
+    const N: usize = 5_000;
+    let batch: Vec<_> = (0..N)
+        .map(|i| {
+            request_bytes(&loadgen::request(
+                &subjects[i % 50],
+                format!("bp-{i}"),
+                loadgen::model_for(i),
+            ))
+        })
+        .collect();
+    publish_raw(&p, &cfg.topics.requests, &batch);
+    let (h, stop) = start_engine(&cfg).await;
+    let c = reader(&cfg.topics.decisions);
+    let ds = decisions(&tokio::task::block_in_place(|| {
+        read_until(&c, Duration::from_secs(120), |r| r.len() >= N)
+    }));
+    assert_eq!(first_by_request(&ds).len(), N, "every request decided");
+    let (_, metrics) = clearance::admin::get(h.admin_addr, "/metrics")
+        .await
+        .unwrap();
+    let waits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("clearance_producer_backpressure_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        waits > 0.0,
+        "the queue filled up and the worker waited:\n{metrics}"
+    );
+    stop_engine(h, stop).await;
+}
