@@ -111,6 +111,44 @@ pub fn redacted(c: &ClientConfig) -> String {
     pairs.join(" ")
 }
 
+/// The partitions of `topic`, retried while the brokers are unreachable.
+/// `Ok(None)` when `shutdown` is cancelled meanwhile; an error when the
+/// topic does not exist.
+pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Vec<i32>>, KafkaBoundaryError> {
+    use rdkafka::consumer::Consumer;
+    loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => {
+                let parts: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if parts.is_empty() {
+                    return Err(KafkaBoundaryError::Topic {
+                        topic: topic.to_string(),
+                        message: "does not exist (run `clearance topics create`)".into(),
+                        hint: RetryHint::Fatal,
+                    });
+                }
+                return Ok(Some(parts));
+            }
+            Err(e) => {
+                if shutdown.is_cancelled() {
+                    return Ok(None);
+                }
+                tracing::warn!(%topic, error = %e, "metadata not available yet; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
 /// A topic to create: `(name, partitions, configs)`.
 pub type TopicSpec = (String, i32, Vec<(&'static str, &'static str)>);
 

@@ -84,21 +84,28 @@ impl ProducerContext for DeliveryContext {
 /// Create the engine's producer: idempotent, `acks=all`, retrying
 /// transient errors without a time limit.
 pub fn create_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
-    let mut cc = base_config(&cfg.kafka, "producer");
+    let mut cc = producer_config(cfg, "producer");
+    cc.set("message.timeout.ms", "0");
+    cc.create_with_context(DeliveryContext)
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "producer",
+            source,
+        })
+}
+
+/// What every engine producer shares: idempotence, `acks=all`, batching
+/// and the local queue bound.
+fn producer_config(cfg: &Config, suffix: &str) -> ClientConfig {
+    let mut cc = base_config(&cfg.kafka, suffix);
     cc.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", "0")
         .set("linger.ms", cfg.engine.producer_linger_ms.to_string())
         .set(
             "queue.buffering.max.messages",
             cfg.engine.producer_queue_max_messages.to_string(),
         )
         .set("compression.type", "lz4");
-    cc.create_with_context(DeliveryContext)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "producer",
-            source,
-        })
+    cc
 }
 
 /// Why sending failed.
@@ -654,20 +661,12 @@ pub fn create_transactional_producer(
     instance_id: &str,
     worker: usize,
 ) -> Result<EngineProducer, KafkaBoundaryError> {
-    let mut cc = base_config(&cfg.kafka, &format!("txn-{worker}"));
-    cc.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
-            "transactional.id",
-            format!("{}-{instance_id}-w{worker}", cfg.kafka.group_id),
-        )
-        .set("transaction.timeout.ms", "60000")
-        .set("linger.ms", cfg.engine.producer_linger_ms.to_string())
-        .set(
-            "queue.buffering.max.messages",
-            cfg.engine.producer_queue_max_messages.to_string(),
-        )
-        .set("compression.type", "lz4");
+    let mut cc = producer_config(cfg, &format!("txn-{worker}"));
+    cc.set(
+        "transactional.id",
+        format!("{}-{instance_id}-w{worker}", cfg.kafka.group_id),
+    )
+    .set("transaction.timeout.ms", "60000");
     cc.create_with_context(DeliveryContext)
         .map_err(|source| KafkaBoundaryError::Client {
             what: "transactional producer",

@@ -192,34 +192,8 @@ pub fn run(
             what: "policy watcher",
             source,
         })?;
-    let partitions = loop {
-        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
-            Ok(md) => {
-                let parts: Vec<i32> = md
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
-                if parts.is_empty() {
-                    return Err(KafkaBoundaryError::Topic {
-                        topic,
-                        message: "policy topic does not exist (run `clearance topics create`)"
-                            .into(),
-                        hint: crate::kafka::RetryHint::Fatal,
-                    }
-                    .into());
-                }
-                break parts;
-            }
-            Err(e) => {
-                if shutdown.is_cancelled() {
-                    return Ok(());
-                }
-                tracing::warn!(error = %e, "policy watcher: metadata not available yet");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
+    let Some(partitions) = crate::kafka::topic_partitions(&consumer, &topic, &shutdown)? else {
+        return Ok(());
     };
     let mut targets = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();

@@ -280,28 +280,11 @@ pub fn run(
 
     // Partitions and startup high watermarks, retried while the broker is
     // unreachable.
-    let partitions = loop {
-        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
-            Ok(md) => {
-                let parts: Vec<i32> = md
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
-                if parts.is_empty() {
-                    return Err(FeedError::MissingTopic(topic));
-                }
-                break parts;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "change feed: metadata not available yet; retrying");
-                if shutdown.is_cancelled() {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
+    let partitions = match crate::kafka::topic_partitions(&consumer, &topic, &shutdown) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(()),
+        Err(KafkaBoundaryError::Topic { .. }) => return Err(FeedError::MissingTopic(topic)),
+        Err(e) => return Err(e.into()),
     };
     let mut highs = BTreeMap::new();
     for p in &partitions {

@@ -3,7 +3,6 @@
 //! bounded in time.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clearance::config::{Config, DeliveryMode};
@@ -15,20 +14,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::harness::*;
-
-fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> Child {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_clearance"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn clearance run")
-}
 
 /// A `read_committed` reader of every partition, from the beginning.
 fn committed_reader(topic: &str) -> BaseConsumer {
@@ -67,19 +52,9 @@ async fn exactly_once_survives_repeated_sigkill() {
 
     let subjects: Vec<_> = (0..300).map(|i| loadgen::subject("eo", i)).collect();
     let p = producer();
-    let recs: Vec<_> = subjects
-        .iter()
-        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
-        .collect();
-    publish_records(&p, &cfg, &recs);
+    seed(&p, &cfg, &subjects);
     const N: usize = 30_000;
-    let batch: Vec<_> = (0..N)
-        .map(|i| {
-            let s = &subjects[i % subjects.len()];
-            let r = loadgen::request(s, format!("eo-{i}"), loadgen::model_for(i));
-            (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
-        })
-        .collect();
+    let batch = request_batch(&subjects, "eo", 0..N);
     publish_raw(&p, &cfg.topics.requests, &batch);
 
     let c = committed_reader(&cfg.topics.decisions);
@@ -143,11 +118,7 @@ async fn instances_joining_and_leaving_lose_nothing() {
     create_topics(&cfg).await;
     let subjects: Vec<_> = (0..300).map(|i| loadgen::subject("gr", i)).collect();
     let p = producer();
-    let recs: Vec<_> = subjects
-        .iter()
-        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
-        .collect();
-    publish_records(&p, &cfg, &recs);
+    seed(&p, &cfg, &subjects);
 
     let mut instances = Vec::new();
     for i in 0..3 {
@@ -371,15 +342,7 @@ async fn broker_restart_during_load_loses_nothing() {
         .unwrap();
 
     const N: usize = 20_000;
-    let batch = |range: std::ops::Range<usize>| -> Vec<(Vec<u8>, Vec<u8>)> {
-        range
-            .map(|i| {
-                let s = &subjects[i % subjects.len()];
-                let r = loadgen::request(s, format!("br-{i}"), loadgen::model_for(i));
-                (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
-            })
-            .collect()
-    };
+    let batch = |range| request_batch(&subjects, "br", range);
     for (k, v) in batch(0..N / 2) {
         clearance::loadgen::send_blocking(&p, &cfg.topics.requests, &k, Some(&v)).unwrap();
     }

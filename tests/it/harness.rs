@@ -278,3 +278,49 @@ impl Drop for PrivateBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Start `clearance run` as a child process with `cfg` written to
+/// `dir/NAME.toml`.
+pub fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> std::process::Child {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn clearance run")
+}
+
+/// Publish the eligibility records of synthetic subjects (unknown subjects
+/// have none).
+pub fn seed(p: &BaseProducer, cfg: &Config, subjects: &[clearance::loadgen::Subject]) {
+    let recs: Vec<EligibilityRecord> = subjects
+        .iter()
+        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
+        .collect();
+    publish_records(p, cfg, &recs);
+}
+
+/// Requests `PREFIX-i` for `i` in `range`, round-robin over `subjects`,
+/// with the load generator's model mix; keyed by subject.
+pub fn request_batch(
+    subjects: &[clearance::loadgen::Subject],
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    range
+        .map(|i| {
+            let s = &subjects[i % subjects.len()];
+            let r = clearance::loadgen::request(
+                s,
+                format!("{prefix}-{i}"),
+                clearance::loadgen::model_for(i),
+            );
+            (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
+        })
+        .collect()
+}

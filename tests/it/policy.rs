@@ -211,11 +211,7 @@ async fn policy_published_while_requests_flow() {
     create_topics(&cfg).await;
     let subjects: Vec<_> = (0..200).map(|i| loadgen::subject("ro", i)).collect();
     let p = producer();
-    let recs: Vec<_> = subjects
-        .iter()
-        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
-        .collect();
-    publish_records(&p, &cfg, &recs);
+    seed(&p, &cfg, &subjects);
     let (h, stop) = start_engine(&cfg).await;
     wait_feed_applied(&h, &cfg).await;
     let v1 = status(&h).await["policy"]["version"]
@@ -226,15 +222,7 @@ async fn policy_published_while_requests_flow() {
 
     const N: usize = 100_000;
     const HALF: usize = N / 2;
-    let batch = |range: std::ops::Range<usize>| -> Vec<(Vec<u8>, Vec<u8>)> {
-        range
-            .map(|i| {
-                let s = &subjects[i % subjects.len()];
-                let r = loadgen::request(s, format!("ro-{i}"), loadgen::model_for(i));
-                (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
-            })
-            .collect()
-    };
+    let batch = |range| request_batch(&subjects, "ro", range);
     // The first half flows while the new version is published.
     let sender = {
         let first = batch(0..HALF);

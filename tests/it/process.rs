@@ -2,28 +2,12 @@
 //! and the CLI's handling of bad configuration.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use clearance::config::Config;
-use clearance::event::EligibilityRecord;
 use clearance::loadgen;
 
 use crate::harness::*;
-
-fn spawn_engine(cfg: &Config, dir: &std::path::Path) -> Child {
-    let path = dir.join("clearance.toml");
-    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_clearance"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn clearance run")
-}
 
 /// Kill and restart: SIGKILL in the middle of 50,000 requests, restart,
 /// and every request has at least one decision.
@@ -37,19 +21,10 @@ async fn sigkill_and_restart_loses_no_request() {
 
     let subjects: Vec<_> = (0..500).map(|i| loadgen::subject("kl", i)).collect();
     let p = producer();
-    let recs: Vec<_> = subjects
-        .iter()
-        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
-        .collect();
-    publish_records(&p, &cfg, &recs);
+    seed(&p, &cfg, &subjects);
 
     const N: usize = 50_000;
-    let mut batch = Vec::with_capacity(N);
-    for i in 0..N {
-        let s = &subjects[i % subjects.len()];
-        let r = loadgen::request(s, format!("kl-{i}"), loadgen::model_for(i));
-        batch.push((s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap()));
-    }
+    let batch = request_batch(&subjects, "kl", 0..N);
     publish_raw(&p, &cfg.topics.requests, &batch);
 
     let c = reader(&cfg.topics.decisions);
@@ -62,7 +37,7 @@ async fn sigkill_and_restart_loses_no_request() {
         }
     };
 
-    let mut child = spawn_engine(&cfg, &dir);
+    let mut child = spawn_engine(&cfg, &dir, "engine");
     // Kill it once it is well into the load.
     let reads = tokio::task::block_in_place(|| {
         read_until(&c, Duration::from_secs(180), |r| r.len() >= N / 4)
@@ -79,7 +54,7 @@ async fn sigkill_and_restart_loses_no_request() {
     assert!(!status.success(), "killed, not exited: {status:?}");
     let at_kill = seen.len();
 
-    let mut child = spawn_engine(&cfg, &dir);
+    let mut child = spawn_engine(&cfg, &dir, "engine");
     let deadline = Instant::now() + Duration::from_secs(240);
     while seen.len() < N && Instant::now() < deadline {
         let reads = tokio::task::block_in_place(|| {
@@ -202,24 +177,12 @@ async fn sigterm_commits_so_a_restart_decides_nothing_twice() {
     std::fs::create_dir_all(&dir).unwrap();
     let subjects: Vec<_> = (0..100).map(|i| loadgen::subject("tm", i)).collect();
     let p = producer();
-    let recs: Vec<_> = subjects
-        .iter()
-        .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
-        .collect();
-    publish_records(&p, &cfg, &recs);
-    let batch = |range: std::ops::Range<usize>| -> Vec<(Vec<u8>, Vec<u8>)> {
-        range
-            .map(|i| {
-                let s = &subjects[i % subjects.len()];
-                let r = loadgen::request(s, format!("tm-{i}"), loadgen::model_for(i));
-                (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
-            })
-            .collect()
-    };
+    seed(&p, &cfg, &subjects);
+    let batch = |range| request_batch(&subjects, "tm", range);
     publish_raw(&p, &cfg.topics.requests, &batch(0..5_000));
 
     let c = reader(&cfg.topics.decisions);
-    let mut child = spawn_engine(&cfg, &dir);
+    let mut child = spawn_engine(&cfg, &dir, "engine");
     let first = tokio::task::block_in_place(|| {
         read_until(&c, Duration::from_secs(120), |r| r.len() >= 5_000)
     });
@@ -243,7 +206,7 @@ async fn sigterm_commits_so_a_restart_decides_nothing_twice() {
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
 
     publish_raw(&p, &cfg.topics.requests, &batch(5_000..5_010));
-    let mut child = spawn_engine(&cfg, &dir);
+    let mut child = spawn_engine(&cfg, &dir, "engine");
     let more =
         tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(60), |r| r.len() >= 10));
     // Give a re-decision of old requests time to show up, if there were any.
