@@ -25,6 +25,8 @@
 //! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod config;
 pub mod decide;
