@@ -142,6 +142,12 @@ pub struct EngineConfig {
     pub shutdown_timeout_ms: u64,
     /// Dead letters keep at most this many bytes of the original payload.
     pub deadletter_max_payload_bytes: usize,
+    /// Snapshot file of the eligibility cache, for a warm restart (none:
+    /// every start replays the whole change feed).
+    pub snapshot_path: Option<PathBuf>,
+    /// How often the change-feed task writes the snapshot (also written on
+    /// shutdown).
+    pub snapshot_interval_secs: u64,
     /// Requests and change-feed records above this size are dead-lettered
     /// (`too_large`) without being decoded.
     pub max_input_bytes: usize,
@@ -165,6 +171,8 @@ impl Default for EngineConfig {
             shutdown_timeout_ms: 10_000,
             deadletter_max_payload_bytes: 64 * 1024,
             max_input_bytes: 256 * 1024,
+            snapshot_path: None,
+            snapshot_interval_secs: 60,
             feed_catchup_timeout_secs: 0,
         }
     }
@@ -451,6 +459,9 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     }
     if cfg.engine.commit_interval_ms < 1 {
         bad("engine.commit_interval_ms", "must be at least 1".into());
+    }
+    if cfg.engine.snapshot_interval_secs < 1 {
+        bad("engine.snapshot_interval_secs", "must be at least 1".into());
     }
     if cfg.engine.max_input_bytes < 256 {
         bad("engine.max_input_bytes", "must be at least 256".into());

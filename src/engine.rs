@@ -67,6 +67,9 @@ pub struct EngineState {
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
     /// Policy rollout state.
     pub rollout: Arc<RolloutState>,
+    /// What the startup snapshot gave: loaded (records, positions), rejected
+    /// (reason), or none.
+    pub snapshot: serde_json::Value,
 }
 
 impl EngineState {
@@ -98,6 +101,7 @@ impl StatusSource for EngineState {
                 "organizations": self.store.org_count(),
             },
             "feed": self.feed.positions(),
+            "snapshot": self.snapshot,
             "assigned_partitions": *self.assigned.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }
@@ -130,6 +134,44 @@ fn instance_id(cfg: &Config) -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
     format!("{host}-{}", std::process::id())
+}
+
+/// Load the eligibility snapshot, if one is configured and valid: the
+/// positions to resume the change feed from, and what to report. A bad
+/// snapshot is rejected with a log line; the store stays empty and the feed
+/// replays from the beginning (full bootstrap).
+fn load_snapshot(cfg: &Config, store: &Store) -> (BTreeMap<i32, i64>, serde_json::Value) {
+    let Some(path) = &cfg.engine.snapshot_path else {
+        return (BTreeMap::new(), serde_json::json!({ "status": "none" }));
+    };
+    if !path.exists() {
+        return (
+            BTreeMap::new(),
+            serde_json::json!({ "status": "absent", "path": path }),
+        );
+    }
+    let started = std::time::Instant::now();
+    match crate::eligibility::snapshot::load(path, store) {
+        Ok(info) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                records = info.records,
+                secs,
+                "eligibility snapshot loaded; catching up from its positions"
+            );
+            (
+                info.positions.clone(),
+                serde_json::json!({ "status": "loaded", "records": info.records, "positions": info.positions, "load_secs": secs }),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "eligibility snapshot rejected; full bootstrap from the change feed");
+            (
+                BTreeMap::new(),
+                serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
+            )
+        }
+    }
 }
 
 /// Run until `shutdown` is cancelled, then drain, commit and flush.
@@ -182,6 +224,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         shutdown.clone(),
     );
     let store = Arc::new(Store::new());
+    let (start_positions, snapshot) = load_snapshot(&cfg, &store);
     let feed_state = Arc::new(FeedState::with_staleness_bound(Duration::from_secs(
         cfg.engine.staleness_bound_secs,
     )));
@@ -192,6 +235,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         policy: Arc::new(ActivePolicy::new(policy)),
         assigned: Arc::default(),
         rollout: Arc::new(RolloutState::default()),
+        snapshot,
     });
 
     let listener = admin::bind(&cfg.admin.listen).await?;
@@ -221,7 +265,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
             deadletters.clone(),
             feed_stop.clone(),
         );
-        tokio::task::spawn_blocking(move || feed::run(&cfg, store, fs, dl, BTreeMap::new(), stop))
+        tokio::task::spawn_blocking(move || feed::run(&cfg, store, fs, dl, start_positions, stop))
     };
 
     let policy_task = {

@@ -325,8 +325,29 @@ pub fn run(
     state.start(highs, &starts);
     update_counts(&store);
 
+    let snapshot_every = Duration::from_secs(cfg.engine.snapshot_interval_secs);
+    let mut last_snapshot = std::time::Instant::now();
+    let take_snapshot = |state: &FeedState| {
+        if let Some(path) = &cfg.engine.snapshot_path {
+            // Between two polls: the store and the positions agree.
+            let positions = state.positions().positions;
+            match super::snapshot::write(path, &store, &positions) {
+                Ok(info) => {
+                    tracing::info!(records = info.records, bytes = info.bytes, path = %path.display(), "eligibility snapshot written")
+                }
+                Err(e) => tracing::warn!(error = %e, "eligibility snapshot not written"),
+            }
+        }
+    };
     while !shutdown.is_cancelled() {
         state.refresh_staleness();
+        if cfg.engine.snapshot_path.is_some()
+            && state.is_ready()
+            && last_snapshot.elapsed() >= snapshot_every
+        {
+            take_snapshot(&state);
+            last_snapshot = std::time::Instant::now();
+        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(msg)) => {
@@ -348,6 +369,9 @@ pub fn run(
                 tracing::warn!(error = %e, "change feed: consumer error (librdkafka retries)");
             }
         }
+    }
+    if state.is_ready() {
+        take_snapshot(&state);
     }
     Ok(())
 }

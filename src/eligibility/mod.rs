@@ -8,6 +8,7 @@
 //!   ever held across an `.await`).
 
 pub mod feed;
+pub mod snapshot;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -113,6 +114,22 @@ impl Store {
     /// The current record of an organization.
     pub fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
         self.orgs.get(id).map(|r| Arc::clone(r.value()))
+    }
+
+    /// A copy of every record (for snapshots).
+    pub fn records(&self) -> Vec<EligibilityRecord> {
+        let mut out = Vec::with_capacity(self.users.len() + self.orgs.len());
+        out.extend(
+            self.users
+                .iter()
+                .map(|r| EligibilityRecord::User((**r.value()).clone())),
+        );
+        out.extend(
+            self.orgs
+                .iter()
+                .map(|r| EligibilityRecord::Organization((**r.value()).clone())),
+        );
+        out
     }
 
     /// Number of user records.

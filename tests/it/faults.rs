@@ -391,3 +391,75 @@ async fn broker_restart_during_load_loses_nothing() {
     eprintln!("broker restart: {N} requests, {total} decisions");
     stop_engine(h, stop).await;
 }
+
+/// Warm restart: the engine snapshots its eligibility cache, a restarted
+/// engine loads it and catches up from the snapshot's positions (it does
+/// not replay the feed), and a corrupted snapshot is rejected in favour of
+/// a full bootstrap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_restart_from_snapshot_and_corruption_fallback() {
+    let mut cfg = test_config("snapshot");
+    let dir = std::env::temp_dir().join(unique("clearance-snap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("eligibility.snap");
+    cfg.engine.snapshot_path = Some(snap.clone());
+    create_topics(&cfg).await;
+    let subjects: Vec<_> = (0..1_000).map(|i| loadgen::subject("sn", i)).collect();
+    let p = producer();
+    seed(&p, &cfg, &subjects);
+
+    // Cold start: replays the feed, writes the snapshot on shutdown.
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+    assert_eq!(engine_status(&h).await["snapshot"]["status"], "absent");
+    stop_engine(h, stop).await;
+    assert!(snap.exists(), "snapshot written on shutdown");
+
+    // While it is down: a revocation for one subject.
+    let mut rec = subjects[0].record.clone().unwrap();
+    rec.version = 2;
+    rec.revocation = Some(clearance::event::Revocation {
+        revoked_at: time::OffsetDateTime::now_utc(),
+        reason: None,
+    });
+    publish_records(&p, &cfg, &[EligibilityRecord::User(rec)]);
+
+    // Warm start: loads 900 records, applies only the one new record.
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+    let s = engine_status(&h).await;
+    assert_eq!(s["snapshot"]["status"], "loaded", "{s}");
+    assert_eq!(s["snapshot"]["records"], 900);
+    assert_eq!(
+        s["feed"]["applied"], 1,
+        "caught up from the snapshot's positions: {s}"
+    );
+    assert_eq!(s["eligibility"]["users"], 900);
+    let c = reader(&cfg.topics.decisions);
+    let d = tokio::task::block_in_place(|| {
+        decide_one(&cfg, &c, &subjects[0], "sn-revoked", loadgen::TAGGED_MODEL)
+    });
+    assert_eq!(d.reasons, vec!["subject_revoked".to_string()]);
+    stop_engine(h, stop).await;
+
+    // Corrupted: rejected, full bootstrap, same data.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&snap, &bytes).unwrap();
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+    let s = engine_status(&h).await;
+    assert_eq!(s["snapshot"]["status"], "rejected", "{s}");
+    assert!(
+        s["snapshot"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("checksum"),
+        "{s}"
+    );
+    assert_eq!(s["feed"]["applied"], 901, "full replay: {s}");
+    assert_eq!(s["eligibility"]["users"], 900);
+    stop_engine(h, stop).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
