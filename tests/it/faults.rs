@@ -15,29 +15,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::harness::*;
 
-/// A `read_committed` reader of every partition, from the beginning.
-fn committed_reader(topic: &str) -> BaseConsumer {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("committed-reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    c.assign(&tpl).unwrap();
-    c
-}
-
 /// Exactly-once: SIGKILL the engine at random points five times during a
 /// load, restart it each time; in the end every request has exactly one
 /// committed decision.
@@ -211,16 +188,6 @@ async fn instances_joining_and_leaving_lose_nothing() {
     for (h, stop) in instances {
         stop_engine(h, stop).await;
     }
-}
-
-async fn engine_status(h: &clearance::engine::EngineHandle) -> serde_json::Value {
-    serde_json::from_str(
-        &clearance::admin::get(h.admin_addr, "/status")
-            .await
-            .unwrap()
-            .1,
-    )
-    .unwrap()
 }
 
 /// Send one request and return its decision.

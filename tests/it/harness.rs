@@ -142,10 +142,21 @@ pub fn publish_raw(p: &BaseProducer, topic: &str, items: &[(Vec<u8>, Vec<u8>)]) 
 
 /// A consumer reading every partition of `topic` from the beginning.
 pub fn reader(topic: &str) -> BaseConsumer {
+    reader_with_isolation(topic, "read_uncommitted")
+}
+
+/// A `read_committed` reader of every partition of `topic`, from the
+/// beginning (what exactly-once promises is judged by such a reader).
+pub fn committed_reader(topic: &str) -> BaseConsumer {
+    reader_with_isolation(topic, "read_committed")
+}
+
+fn reader_with_isolation(topic: &str, isolation: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     let md = c
@@ -323,4 +334,12 @@ pub fn request_batch(
             (s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())
         })
         .collect()
+}
+
+/// The engine's `/status` document.
+pub async fn engine_status(h: &EngineHandle) -> serde_json::Value {
+    let (_, body) = clearance::admin::get(h.admin_addr, "/status")
+        .await
+        .expect("GET /status");
+    serde_json::from_str(&body).expect("/status is JSON")
 }

@@ -169,16 +169,6 @@ async fn any_citizenship_setting_through_the_broker() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn status(h: &clearance::engine::EngineHandle) -> serde_json::Value {
-    serde_json::from_str(
-        &clearance::admin::get(h.admin_addr, "/status")
-            .await
-            .unwrap()
-            .1,
-    )
-    .unwrap()
-}
-
 async fn wait_status(
     h: &clearance::engine::EngineHandle,
     what: &str,
@@ -186,7 +176,7 @@ async fn wait_status(
 ) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = status(h).await;
+        let s = engine_status(h).await;
         if ok(&s) {
             return s;
         }
@@ -214,7 +204,7 @@ async fn policy_published_while_requests_flow() {
     seed(&p, &cfg, &subjects);
     let (h, stop) = start_engine(&cfg).await;
     wait_feed_applied(&h, &cfg).await;
-    let v1 = status(&h).await["policy"]["version"]
+    let v1 = engine_status(&h).await["policy"]["version"]
         .as_str()
         .unwrap()
         .to_string();
