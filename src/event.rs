@@ -36,7 +36,11 @@ pub struct AccessRequest {
     /// The model id requested (`"fable-5"`).
     pub model: String,
     /// Where the request comes from, as far as the frontend could tell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_object"
+    )]
     pub geo: Option<Geolocation>,
 }
 
@@ -235,10 +239,10 @@ pub struct UserRecord {
     /// U.S. person status.
     pub us_person_status: UsPersonStatus,
     /// Citizenships, with their dates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub citizenships: Vec<Citizenship>,
     /// Permanent residencies, with their dates and status.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub permanent_residencies: Vec<PermanentResidency>,
     /// The organization the user belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,10 +251,18 @@ pub struct UserRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relationship: Option<Relationship>,
     /// Identity verification.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_object"
+    )]
     pub verification: Option<Verification>,
     /// Set when the subject's access has been revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_object"
+    )]
     pub revocation: Option<Revocation>,
 }
 
@@ -340,13 +352,13 @@ pub struct OrgRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headquarters: Option<CountryCode>,
     /// Owners with their (direct plus indirect) percentages.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub owners: Vec<Owner>,
     /// Restricted-party screening hits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub screening_hits: Vec<ScreeningHit>,
     /// Authorizations held.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects")]
     pub authorizations: Vec<Authorization>,
 }
 
@@ -540,6 +552,58 @@ impl DecodeError {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Objects only
+// ---------------------------------------------------------------------------
+//
+// serde's derived `Deserialize` also accepts a struct written as a JSON
+// array of its field values in declaration order (`["r-1", "2026-…", …]`).
+// The schemas say objects, and a positional form would slip past every tool
+// that reads fields by name (the dead-letter salvage path, for one), so
+// every document and every nested object is read through [`ObjectOnly`],
+// which accepts a JSON object and nothing else.
+
+/// A `T` that must be written as a JSON object.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
+/// `deserialize_with` for an optional nested object.
+fn opt_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<ObjectOnly<T>>::deserialize(d)?.map(|o| o.0))
+}
+
+/// `deserialize_with` for a list of nested objects.
+fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Vec::<ObjectOnly<T>>::deserialize(d)?
+        .into_iter()
+        .map(|o| o.0)
+        .collect())
+}
+
 fn classify(e: serde_json::Error) -> DecodeError {
     use serde_json::error::Category;
     let msg = e.to_string();
@@ -567,7 +631,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<AccessRequest, DecodeError> {
         return Err(DecodeError::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
-    let req: AccessRequest = serde_json::from_str(text).map_err(classify)?;
+    let ObjectOnly(req): ObjectOnly<AccessRequest> =
+        serde_json::from_str(text).map_err(classify)?;
     if req.request_id.is_empty() {
         return Err(DecodeError::InvalidField {
             field: "request_id",
@@ -633,7 +698,8 @@ pub fn decode_eligibility(key: &[u8], bytes: &[u8]) -> Result<EligibilityRecord,
         return Err(DecodeError::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
-    let rec: EligibilityRecord = serde_json::from_str(text).map_err(classify)?;
+    let ObjectOnly(rec): ObjectOnly<EligibilityRecord> =
+        serde_json::from_str(text).map_err(classify)?;
     let expected = rec.key();
     if key != expected.as_bytes() {
         return Err(DecodeError::InvalidField {
@@ -729,5 +795,51 @@ mod tests {
             (KeyKind::Organization, "o1")
         );
         assert!(parse_eligibility_key(b"bogus").is_err());
+    }
+
+    /// Found by fuzzing: serde's derive also reads a struct from a JSON
+    /// array of its fields, which the salvage path (and the schema) do not.
+    #[test]
+    fn documents_and_nested_objects_must_be_objects() {
+        let positional = br#"["r1", "2026-11-28T12:00:00Z", "u1", null, "m"]"#;
+        let e = decode_request(positional).unwrap_err();
+        assert_eq!(e.kind(), "invalid_document", "{e}");
+        assert!(e.to_string().contains("JSON object"), "{e}");
+
+        let geo_array = REQ.replace(r#"{"country":"US","confidence":0.9}"#, r#"["US"]"#);
+        assert_eq!(
+            decode_request(geo_array.as_bytes()).unwrap_err().kind(),
+            "invalid_document"
+        );
+        assert!(decode_request(
+            REQ.replace(
+                r#""geo":{"country":"US","confidence":0.9},"#,
+                r#""geo":null,"#
+            )
+            .as_bytes()
+        )
+        .unwrap()
+        .geo
+        .is_none());
+
+        let tagged_array = br#"["user", "u1", 2, null, "citizen"]"#;
+        assert_eq!(
+            decode_eligibility(b"user:u1", tagged_array)
+                .unwrap_err()
+                .kind(),
+            "invalid_document"
+        );
+        let nested = br#"{"kind":"user","id":"u1","version":2,"us_person_status":"citizen","citizenships":[["US",null]]}"#;
+        assert_eq!(
+            decode_eligibility(b"user:u1", nested).unwrap_err().kind(),
+            "invalid_document"
+        );
+        let ok = br#"{"kind":"user","id":"u1","version":2,"us_person_status":"citizen","citizenships":[{"country":"US"}],"revocation":{"revoked_at":"2026-11-28T12:00:00Z"}}"#;
+        let rec = decode_eligibility(b"user:u1", ok).unwrap();
+        let EligibilityRecord::User(u) = rec else {
+            panic!("a user")
+        };
+        assert_eq!(u.citizenships[0].country, "US");
+        assert!(u.revocation.is_some());
     }
 }
