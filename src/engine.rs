@@ -136,23 +136,28 @@ fn instance_id(cfg: &Config) -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Load the eligibility snapshot, if one is configured and valid: the
-/// positions to resume the change feed from, and what to report. A bad
-/// snapshot is rejected with a log line; the store stays empty and the feed
-/// replays from the beginning (full bootstrap).
-fn load_snapshot(cfg: &Config, store: &Store) -> (BTreeMap<i32, i64>, serde_json::Value) {
+/// Load the eligibility snapshot, if one is configured and valid: the store,
+/// the positions to resume the change feed from, and what to report. A bad
+/// snapshot is rejected with a log line; the store is empty and the feed
+/// replays from the beginning (full bootstrap). Blocking.
+fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value) {
     let Some(path) = &cfg.engine.snapshot_path else {
-        return (BTreeMap::new(), serde_json::json!({ "status": "none" }));
+        return (
+            Store::new(),
+            BTreeMap::new(),
+            serde_json::json!({ "status": "none" }),
+        );
     };
     if !path.exists() {
         return (
+            Store::new(),
             BTreeMap::new(),
             serde_json::json!({ "status": "absent", "path": path }),
         );
     }
     let started = std::time::Instant::now();
-    match crate::eligibility::snapshot::load(path, store) {
-        Ok(info) => {
+    match crate::eligibility::snapshot::load(path) {
+        Ok((store, info)) => {
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 records = info.records,
@@ -160,6 +165,7 @@ fn load_snapshot(cfg: &Config, store: &Store) -> (BTreeMap<i32, i64>, serde_json
                 "eligibility snapshot loaded; catching up from its positions"
             );
             (
+                store,
                 info.positions.clone(),
                 serde_json::json!({ "status": "loaded", "records": info.records, "positions": info.positions, "load_secs": secs }),
             )
@@ -167,6 +173,7 @@ fn load_snapshot(cfg: &Config, store: &Store) -> (BTreeMap<i32, i64>, serde_json
         Err(e) => {
             tracing::warn!(error = %e, "eligibility snapshot rejected; full bootstrap from the change feed");
             (
+                Store::new(),
                 BTreeMap::new(),
                 serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
             )
@@ -223,8 +230,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         cfg.engine.deadletter_max_payload_bytes,
         shutdown.clone(),
     );
-    let store = Arc::new(Store::new());
-    let (start_positions, snapshot) = load_snapshot(&cfg, &store);
+    let (store, start_positions, snapshot) = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || load_snapshot(&cfg))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "eligibility snapshot: the loading task failed; full bootstrap");
+                (
+                    Store::new(),
+                    BTreeMap::new(),
+                    serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
+                )
+            })
+    };
+    let store = Arc::new(store);
     let feed_state = Arc::new(FeedState::with_staleness_bound(Duration::from_secs(
         cfg.engine.staleness_bound_secs,
     )));

@@ -50,6 +50,10 @@ pub const POLICY_ACTIVATIONS_TOTAL: &str = "clearance_policy_activations_total";
 pub const POLICY_REJECTED_TOTAL: &str = "clearance_policy_rejected_total";
 /// Counter: published policies scheduled for a future `effective_from`.
 pub const POLICY_SCHEDULED_TOTAL: &str = "clearance_policy_scheduled_total";
+/// Counter: eligibility snapshots written, by `outcome` (`ok`, `error`).
+pub const SNAPSHOT_WRITES_TOTAL: &str = "clearance_snapshot_writes_total";
+/// Gauge: seconds the last eligibility snapshot write took.
+pub const SNAPSHOT_WRITE_SECONDS: &str = "clearance_snapshot_write_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -129,5 +133,14 @@ fn describe() {
     describe_counter!(
         POLICY_SCHEDULED_TOTAL,
         "Published policies scheduled for later."
+    );
+    describe_counter!(
+        SNAPSHOT_WRITES_TOTAL,
+        "Eligibility snapshots written, by outcome."
+    );
+    describe_gauge!(
+        SNAPSHOT_WRITE_SECONDS,
+        Unit::Seconds,
+        "Duration of the last eligibility snapshot write."
     );
 }

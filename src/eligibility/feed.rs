@@ -327,26 +327,22 @@ pub fn run(
 
     let snapshot_every = Duration::from_secs(cfg.engine.snapshot_interval_secs);
     let mut last_snapshot = std::time::Instant::now();
-    let take_snapshot = |state: &FeedState| {
-        if let Some(path) = &cfg.engine.snapshot_path {
-            // Between two polls: the store and the positions agree.
-            let positions = state.positions().positions;
-            match super::snapshot::write(path, &store, &positions) {
-                Ok(info) => {
-                    tracing::info!(records = info.records, bytes = info.bytes, path = %path.display(), "eligibility snapshot written")
-                }
-                Err(e) => tracing::warn!(error = %e, "eligibility snapshot not written"),
-            }
-        }
-    };
+    let mut snapshots = cfg
+        .engine
+        .snapshot_path
+        .clone()
+        .map(super::snapshot::BackgroundWriter::new);
+    // Between two polls the store and the positions agree: capture the view
+    // here, write it on the snapshot thread while the feed goes on.
+    let capture =
+        |state: &FeedState| super::snapshot::View::capture(&store, &state.positions().positions);
     while !shutdown.is_cancelled() {
         state.refresh_staleness();
-        if cfg.engine.snapshot_path.is_some()
-            && state.is_ready()
-            && last_snapshot.elapsed() >= snapshot_every
-        {
-            take_snapshot(&state);
-            last_snapshot = std::time::Instant::now();
+        if let Some(w) = snapshots.as_mut() {
+            if state.is_ready() && last_snapshot.elapsed() >= snapshot_every && !w.busy() {
+                w.start(capture(&state));
+                last_snapshot = std::time::Instant::now();
+            }
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
@@ -370,8 +366,10 @@ pub fn run(
             }
         }
     }
-    if state.is_ready() {
-        take_snapshot(&state);
+    if let Some(w) = snapshots.as_mut() {
+        if state.is_ready() {
+            w.write_now(capture(&state));
+        }
     }
     Ok(())
 }

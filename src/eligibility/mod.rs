@@ -73,6 +73,16 @@ impl Store {
         Self::default()
     }
 
+    /// An empty store with room for `users` and `orgs` records (a warm
+    /// start knows how many are coming).
+    pub fn with_capacity(users: usize, orgs: usize) -> Self {
+        Store {
+            users: DashMap::with_capacity(users),
+            orgs: DashMap::with_capacity(orgs),
+            ..Self::default()
+        }
+    }
+
     /// Apply a record, unless the store already has this or a newer version.
     pub fn apply(&self, rec: EligibilityRecord) -> Applied {
         match rec {
@@ -116,20 +126,13 @@ impl Store {
         self.orgs.get(id).map(|r| Arc::clone(r.value()))
     }
 
-    /// A copy of every record (for snapshots).
-    pub fn records(&self) -> Vec<EligibilityRecord> {
-        let mut out = Vec::with_capacity(self.users.len() + self.orgs.len());
-        out.extend(
-            self.users
-                .iter()
-                .map(|r| EligibilityRecord::User((**r.value()).clone())),
-        );
-        out.extend(
-            self.orgs
-                .iter()
-                .map(|r| EligibilityRecord::Organization((**r.value()).clone())),
-        );
-        out
+    /// Every record, shared rather than copied (for snapshots): one `Arc`
+    /// per record. Records applied while this runs may or may not be in it;
+    /// call it while no record is being applied for a consistent view.
+    pub fn shared_records(&self) -> (Vec<Arc<UserRecord>>, Vec<Arc<OrgRecord>>) {
+        let users = self.users.iter().map(|r| Arc::clone(r.value())).collect();
+        let orgs = self.orgs.iter().map(|r| Arc::clone(r.value())).collect();
+        (users, orgs)
     }
 
     /// Number of user records.

@@ -1,23 +1,56 @@
 //! Snapshots of the eligibility store, for a warm restart.
 //!
-//! File layout: the magic `CLRSNAP1`, a little-endian FNV-1a 64 checksum of
-//! the body, then the body (bincode): a format version, the change-feed
-//! positions the snapshot reflects, and every record as its change-feed JSON
-//! document. Written to a temporary file, synced, then renamed over the old
-//! one, so a crash never leaves a torn snapshot. A snapshot whose magic,
-//! checksum, format or records do not check out is rejected as a whole.
+//! File layout (format 2):
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | magic `CLRSNAP2` |
+//! | 4 | CRC-32 (little-endian) of the body |
+//! | 8 | body length in bytes (little-endian) |
+//! | … | body |
+//!
+//! The body is a bincode stream: a [`Header`] (format, the change-feed
+//! positions the snapshot reflects, the record counts), then every user
+//! record, then every organization record, each in a snapshot-only binary
+//! form ([`SnapUser`], [`SnapOrg`]: the change-feed types skip absent
+//! optional fields, which a non-self-describing format cannot do).
+//!
+//! Writing streams the records through a buffered file writer: memory stays
+//! at one `Arc` per record (collected in [`View`]) whatever the size of the
+//! store. The file is written to a temporary name, synced, then renamed over
+//! the old one, so a crash never leaves a torn snapshot.
+//!
+//! Loading verifies the magic, the length and the checksum over the whole
+//! file before it decodes anything, then decodes every record before it
+//! applies any: a snapshot whose magic, checksum, format or records do not
+//! check out is rejected as a whole and the store stays untouched.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use bincode::Options;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use super::Store;
-use crate::event::EligibilityRecord;
+use crate::event::{
+    Authorization, Citizenship, CountryCode, EligibilityRecord, OrgRecord, Owner,
+    PermanentResidency, Relationship, ResidencyStatus, Revocation, ScreeningHit, ScreeningStatus,
+    UsPersonStatus, UserRecord, Verification, VerificationStatus,
+};
+use crate::metrics as m;
 
-const MAGIC: &[u8; 8] = b"CLRSNAP1";
-const FORMAT: u32 = 1;
+const MAGIC: &[u8; 8] = b"CLRSNAP2";
+/// Earlier magics this engine recognises but cannot read.
+const OLD_MAGICS: [&[u8; 8]; 1] = [b"CLRSNAP1"];
+const FORMAT: u32 = 2;
+const PREAMBLE: usize = 8 + 4 + 8;
+/// Upper bound for one decoded record: a corrupted length never makes the
+/// decoder allocate more than this.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+const IO_BUFFER: usize = 1 << 20;
 
 /// Why a snapshot could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -41,20 +74,13 @@ pub enum SnapshotError {
     },
 }
 
+/// The first item of the body.
 #[derive(Serialize, Deserialize)]
-struct Body {
+struct Header {
     format: u32,
     positions: BTreeMap<i32, i64>,
-    records: Vec<Vec<u8>>,
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    users: u64,
+    orgs: u64,
 }
 
 /// What a snapshot held.
@@ -65,168 +91,787 @@ pub struct SnapshotInfo {
     /// The change-feed positions it reflects.
     pub positions: BTreeMap<i32, i64>,
     /// File size in bytes.
-    pub bytes: usize,
+    pub bytes: u64,
+}
+
+/// A consistent view of the store to snapshot: the records (shared, not
+/// copied) and the change-feed positions they reflect. Take it with
+/// [`View::capture`] while no change-feed record is being applied (the feed
+/// task does, between two polls); write it with [`View::write`], on any
+/// thread, while the feed goes on.
+#[derive(Debug)]
+pub struct View {
+    users: Vec<Arc<UserRecord>>,
+    orgs: Vec<Arc<OrgRecord>>,
+    positions: BTreeMap<i32, i64>,
+}
+
+fn codec() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(MAX_RECORD_BYTES)
+}
+
+/// A writer that keeps the CRC-32 and the length of what went through it.
+struct Summing<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl View {
+    /// Capture the store's records and the positions they reflect.
+    pub fn capture(store: &Store, positions: &BTreeMap<i32, i64>) -> Self {
+        let (users, orgs) = store.shared_records();
+        View {
+            users,
+            orgs,
+            positions: positions.clone(),
+        }
+    }
+
+    /// Records in the view.
+    pub fn len(&self) -> usize {
+        self.users.len() + self.orgs.len()
+    }
+
+    /// Whether the view holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Write the view to `path`, atomically (temporary file, sync, rename).
+    pub fn write(&self, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let io = |e: std::io::Error| SnapshotError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let enc = |e: bincode::Error| SnapshotError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut out = BufWriter::with_capacity(IO_BUFFER, file);
+        out.write_all(MAGIC).map_err(io)?;
+        out.write_all(&[0u8; 12]).map_err(io)?; // checksum and length, below
+        let mut body = Summing {
+            inner: out,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        };
+        let header = Header {
+            format: FORMAT,
+            positions: self.positions.clone(),
+            users: self.users.len() as u64,
+            orgs: self.orgs.len() as u64,
+        };
+        codec().serialize_into(&mut body, &header).map_err(enc)?;
+        for u in &self.users {
+            codec()
+                .serialize_into(&mut body, &SnapUser::from(&**u))
+                .map_err(enc)?;
+        }
+        for o in &self.orgs {
+            codec()
+                .serialize_into(&mut body, &SnapOrg::from(&**o))
+                .map_err(enc)?;
+        }
+        let Summing { inner, crc, len } = body;
+        let mut file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+        file.seek(SeekFrom::Start(8)).map_err(io)?;
+        file.write_all(&crc.finalize().to_le_bytes()).map_err(io)?;
+        file.write_all(&len.to_le_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(io)?;
+        Ok(SnapshotInfo {
+            records: self.len(),
+            positions: self.positions.clone(),
+            bytes: PREAMBLE as u64 + len,
+        })
+    }
+}
+
+/// Writes snapshots on a thread of their own, one at a time, so that the
+/// change feed keeps applying records while a large snapshot is written.
+#[derive(Debug)]
+pub struct BackgroundWriter {
+    path: PathBuf,
+    running: Option<std::thread::JoinHandle<()>>,
+}
+
+fn write_logged(view: &View, path: &Path) {
+    let started = std::time::Instant::now();
+    match view.write(path) {
+        Ok(info) => {
+            let secs = started.elapsed().as_secs_f64();
+            metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "outcome" => "ok").increment(1);
+            metrics::gauge!(m::SNAPSHOT_WRITE_SECONDS).set(secs);
+            tracing::info!(records = info.records, bytes = info.bytes, secs, path = %path.display(), "eligibility snapshot written");
+        }
+        Err(e) => {
+            metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "outcome" => "error").increment(1);
+            tracing::warn!(error = %e, "eligibility snapshot not written");
+        }
+    }
+}
+
+impl BackgroundWriter {
+    /// A writer for snapshots at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        BackgroundWriter {
+            path,
+            running: None,
+        }
+    }
+
+    /// Whether a write is still running.
+    pub fn busy(&self) -> bool {
+        self.running.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Start writing `view` in the background. Returns false (and drops the
+    /// view) when the previous write has not finished yet.
+    pub fn start(&mut self, view: View) -> bool {
+        if self.busy() {
+            return false;
+        }
+        self.join();
+        let path = self.path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("clearance-snapshot".into())
+            .spawn(move || write_logged(&view, &path));
+        match spawned {
+            Ok(h) => {
+                self.running = Some(h);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "eligibility snapshot: no thread to write it");
+                false
+            }
+        }
+    }
+
+    /// Wait for a running write, then write `view` on this thread (at
+    /// shutdown: the last snapshot is complete when this returns).
+    pub fn write_now(&mut self, view: View) {
+        self.join();
+        write_logged(&view, &self.path);
+    }
+
+    fn join(&mut self) {
+        if let Some(h) = self.running.take() {
+            if h.join().is_err() {
+                tracing::warn!("eligibility snapshot: the writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for BackgroundWriter {
+    /// A write in progress finishes (the process never exits halfway
+    /// through one, though a torn temporary file would be harmless).
+    fn drop(&mut self) {
+        self.join();
+    }
 }
 
 /// Write a snapshot of `store` at `positions` to `path`, atomically.
-/// Call it only while no change-feed record is being applied (the feed
-/// task does), so that the records and the positions agree.
+/// Call it only while no change-feed record is being applied, so that the
+/// records and the positions agree (or capture a [`View`] then, and write
+/// it later).
 pub fn write(
     path: &Path,
     store: &Store,
     positions: &BTreeMap<i32, i64>,
 ) -> Result<SnapshotInfo, SnapshotError> {
+    View::capture(store, positions).write(path)
+}
+
+/// Load a snapshot into a new store, sized for its records. Nothing comes
+/// out unless the whole snapshot checks out: on any error the partly
+/// filled store is dropped.
+///
+/// The checksum is verified over the whole file before anything is decoded;
+/// then this thread decodes the records while a second one applies them.
+pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
     let io = |e: std::io::Error| SnapshotError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let records: Vec<Vec<u8>> = store
-        .records()
-        .iter()
-        .map(|r| serde_json::to_vec(r).unwrap_or_default())
-        .collect();
-    let n = records.len();
-    let body = bincode::serialize(&Body {
-        format: FORMAT,
-        positions: positions.clone(),
-        records,
-    })
-    .map_err(|e| SnapshotError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(MAGIC).map_err(io)?;
-        f.write_all(&fnv1a64(&body).to_le_bytes()).map_err(io)?;
-        f.write_all(&body).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(SnapshotInfo {
-        records: n,
-        positions: positions.clone(),
-        bytes: body.len() + 16,
-    })
-}
-
-/// Load a snapshot into `store` (which should be empty). Nothing is
-/// applied unless the whole snapshot checks out.
-pub fn load(path: &Path, store: &Store) -> Result<SnapshotInfo, SnapshotError> {
-    let bytes = std::fs::read(path).map_err(|e| SnapshotError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
     let invalid = |reason: String| SnapshotError::Invalid {
         path: path.display().to_string(),
         reason,
     };
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
-        return Err(invalid("not a clearance snapshot (bad magic)".into()));
-    }
-    let mut sum = [0u8; 8];
-    sum.copy_from_slice(&bytes[8..16]);
-    let body = &bytes[16..];
-    if u64::from_le_bytes(sum) != fnv1a64(body) {
-        return Err(invalid("checksum mismatch (corrupted or truncated)".into()));
-    }
-    let body: Body = bincode::deserialize(body).map_err(|e| invalid(e.to_string()))?;
-    if body.format != FORMAT {
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut pre = [0u8; PREAMBLE];
+    if size < PREAMBLE as u64 {
         return Err(invalid(format!(
-            "format {} is not the supported {FORMAT}",
-            body.format
+            "too short to be a clearance snapshot ({size} bytes)"
         )));
     }
-    let mut recs = Vec::with_capacity(body.records.len());
-    for (i, r) in body.records.iter().enumerate() {
-        let rec: EligibilityRecord =
-            serde_json::from_slice(r).map_err(|e| invalid(format!("record {i}: {e}")))?;
-        recs.push(rec);
+    file.read_exact(&mut pre).map_err(io)?;
+    let magic: &[u8; 8] = pre[..8].try_into().expect("8 bytes");
+    if magic != MAGIC {
+        if OLD_MAGICS.contains(&magic) {
+            return Err(invalid(format!(
+                "incompatible format {} (this engine reads format {FORMAT})",
+                String::from_utf8_lossy(magic)
+            )));
+        }
+        return Err(invalid("not a clearance snapshot (bad magic)".into()));
     }
-    let n = recs.len();
-    for r in recs {
-        store.apply(r);
+    let want_crc = u32::from_le_bytes(pre[8..12].try_into().expect("4 bytes"));
+    let body_len = u64::from_le_bytes(pre[12..20].try_into().expect("8 bytes"));
+    if body_len != size - PREAMBLE as u64 {
+        return Err(invalid(format!(
+            "body length {body_len} does not match the file ({} bytes after the header): truncated or corrupted",
+            size - PREAMBLE as u64
+        )));
     }
-    Ok(SnapshotInfo {
-        records: n,
-        positions: body.positions,
-        bytes: bytes.len(),
-    })
+
+    // Pass 1: the checksum over the whole body, before decoding anything.
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; IO_BUFFER];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+    }
+    if crc.finalize() != want_crc {
+        return Err(invalid("checksum mismatch (corrupted or truncated)".into()));
+    }
+
+    // Pass 2: decode here, apply on a second thread, in batches.
+    file.seek(SeekFrom::Start(PREAMBLE as u64)).map_err(io)?;
+    let mut r = BufReader::with_capacity(IO_BUFFER, file);
+    let header: Header = codec()
+        .deserialize_from(&mut r)
+        .map_err(|e| invalid(format!("header: {e}")))?;
+    if header.format != FORMAT {
+        return Err(invalid(format!(
+            "format {} is not the supported {FORMAT}",
+            header.format
+        )));
+    }
+    // Counts come from a checksummed header, but bound the pre-allocation
+    // by what the file can hold anyway.
+    let cap = |n: u64| usize::try_from(n).unwrap_or(0).min(size as usize / 16);
+    let store = Store::with_capacity(cap(header.users), cap(header.orgs));
+    const BATCH: usize = 4096;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<EligibilityRecord>>(8);
+    let decoded = std::thread::scope(|scope| {
+        let applier = scope.spawn(|| {
+            for batch in rx {
+                for rec in batch {
+                    store.apply(rec);
+                }
+            }
+        });
+        let mut decode = || -> Result<(), SnapshotError> {
+            let mut batch = Vec::with_capacity(BATCH);
+            let send = |batch: &mut Vec<EligibilityRecord>| {
+                let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+                // The applier only stops when this sender is gone.
+                let _ = tx.send(full);
+            };
+            for i in 0..header.users {
+                let u: SnapUser = codec()
+                    .deserialize_from(&mut r)
+                    .map_err(|e| invalid(format!("user record {i}: {e}")))?;
+                batch.push(EligibilityRecord::User(u.into()));
+                if batch.len() == BATCH {
+                    send(&mut batch);
+                }
+            }
+            for i in 0..header.orgs {
+                let o: SnapOrg = codec()
+                    .deserialize_from(&mut r)
+                    .map_err(|e| invalid(format!("organization record {i}: {e}")))?;
+                batch.push(EligibilityRecord::Organization(o.into()));
+                if batch.len() == BATCH {
+                    send(&mut batch);
+                }
+            }
+            send(&mut batch);
+            if !r.fill_buf().map_err(io)?.is_empty() {
+                return Err(invalid("bytes after the last record".into()));
+            }
+            Ok(())
+        };
+        let result = decode();
+        drop(tx);
+        if applier.join().is_err() {
+            return Err(invalid("the applying thread panicked".into()));
+        }
+        result
+    });
+    decoded?;
+    let records = usize::try_from(header.users + header.orgs).unwrap_or(usize::MAX);
+    Ok((
+        store,
+        SnapshotInfo {
+            records,
+            positions: header.positions,
+            bytes: size,
+        },
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Snapshot-only binary forms of the change-feed records. Every field is
+// written (bincode is not self-describing, so the change-feed types'
+// `skip_serializing_if` would not read back). The conversions destructure
+// the records whole: a field added to a record type does not compile until
+// it is added here too.
+// ---------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct SnapUser {
+    id: String,
+    version: u64,
+    updated_at: Option<OffsetDateTime>,
+    us_person_status: UsPersonStatus,
+    citizenships: Vec<(CountryCode, Option<String>)>,
+    permanent_residencies: Vec<(CountryCode, ResidencyStatus, Option<String>)>,
+    organization_id: Option<String>,
+    relationship: Option<Relationship>,
+    verification: Option<(
+        VerificationStatus,
+        Option<OffsetDateTime>,
+        Option<OffsetDateTime>,
+    )>,
+    revocation: Option<(OffsetDateTime, Option<String>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapAuthorization {
+    id: String,
+    legal_basis: Option<String>,
+    model_tags: Vec<String>,
+    nationalities: Vec<CountryCode>,
+    subjects: Vec<String>,
+    relationships: Vec<Relationship>,
+    valid_from: Option<String>,
+    valid_until: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapOrg {
+    id: String,
+    version: u64,
+    updated_at: Option<OffsetDateTime>,
+    name: Option<String>,
+    headquarters: Option<CountryCode>,
+    owners: Vec<(String, Option<CountryCode>, f64)>,
+    screening_hits: Vec<(String, ScreeningStatus, Option<String>)>,
+    authorizations: Vec<SnapAuthorization>,
+}
+
+impl From<&UserRecord> for SnapUser {
+    fn from(u: &UserRecord) -> Self {
+        let UserRecord {
+            id,
+            version,
+            updated_at,
+            us_person_status,
+            citizenships,
+            permanent_residencies,
+            organization_id,
+            relationship,
+            verification,
+            revocation,
+        } = u;
+        SnapUser {
+            id: id.clone(),
+            version: *version,
+            updated_at: *updated_at,
+            us_person_status: *us_person_status,
+            citizenships: citizenships
+                .iter()
+                .map(
+                    |Citizenship {
+                         country,
+                         acquired_on,
+                     }| (country.clone(), acquired_on.clone()),
+                )
+                .collect(),
+            permanent_residencies: permanent_residencies
+                .iter()
+                .map(
+                    |PermanentResidency {
+                         country,
+                         status,
+                         acquired_on,
+                     }| (country.clone(), *status, acquired_on.clone()),
+                )
+                .collect(),
+            organization_id: organization_id.clone(),
+            relationship: *relationship,
+            verification: verification.as_ref().map(
+                |Verification {
+                     status,
+                     verified_at,
+                     expires_at,
+                 }| (*status, *verified_at, *expires_at),
+            ),
+            revocation: revocation
+                .as_ref()
+                .map(|Revocation { revoked_at, reason }| (*revoked_at, reason.clone())),
+        }
+    }
+}
+
+impl From<SnapUser> for UserRecord {
+    fn from(u: SnapUser) -> Self {
+        UserRecord {
+            id: u.id,
+            version: u.version,
+            updated_at: u.updated_at,
+            us_person_status: u.us_person_status,
+            citizenships: u
+                .citizenships
+                .into_iter()
+                .map(|(country, acquired_on)| Citizenship {
+                    country,
+                    acquired_on,
+                })
+                .collect(),
+            permanent_residencies: u
+                .permanent_residencies
+                .into_iter()
+                .map(|(country, status, acquired_on)| PermanentResidency {
+                    country,
+                    status,
+                    acquired_on,
+                })
+                .collect(),
+            organization_id: u.organization_id,
+            relationship: u.relationship,
+            verification: u
+                .verification
+                .map(|(status, verified_at, expires_at)| Verification {
+                    status,
+                    verified_at,
+                    expires_at,
+                }),
+            revocation: u
+                .revocation
+                .map(|(revoked_at, reason)| Revocation { revoked_at, reason }),
+        }
+    }
+}
+
+impl From<&OrgRecord> for SnapOrg {
+    fn from(o: &OrgRecord) -> Self {
+        let OrgRecord {
+            id,
+            version,
+            updated_at,
+            name,
+            headquarters,
+            owners,
+            screening_hits,
+            authorizations,
+        } = o;
+        SnapOrg {
+            id: id.clone(),
+            version: *version,
+            updated_at: *updated_at,
+            name: name.clone(),
+            headquarters: headquarters.clone(),
+            owners: owners
+                .iter()
+                .map(
+                    |Owner {
+                         id,
+                         headquarters,
+                         percent,
+                     }| (id.clone(), headquarters.clone(), *percent),
+                )
+                .collect(),
+            screening_hits: screening_hits
+                .iter()
+                .map(
+                    |ScreeningHit {
+                         list,
+                         status,
+                         entry,
+                     }| (list.clone(), *status, entry.clone()),
+                )
+                .collect(),
+            authorizations: authorizations
+                .iter()
+                .map(
+                    |Authorization {
+                         id,
+                         legal_basis,
+                         model_tags,
+                         nationalities,
+                         subjects,
+                         relationships,
+                         valid_from,
+                         valid_until,
+                     }| SnapAuthorization {
+                        id: id.clone(),
+                        legal_basis: legal_basis.clone(),
+                        model_tags: model_tags.clone(),
+                        nationalities: nationalities.clone(),
+                        subjects: subjects.clone(),
+                        relationships: relationships.clone(),
+                        valid_from: valid_from.clone(),
+                        valid_until: valid_until.clone(),
+                    },
+                )
+                .collect(),
+        }
+    }
+}
+
+impl From<SnapOrg> for OrgRecord {
+    fn from(o: SnapOrg) -> Self {
+        OrgRecord {
+            id: o.id,
+            version: o.version,
+            updated_at: o.updated_at,
+            name: o.name,
+            headquarters: o.headquarters,
+            owners: o
+                .owners
+                .into_iter()
+                .map(|(id, headquarters, percent)| Owner {
+                    id,
+                    headquarters,
+                    percent,
+                })
+                .collect(),
+            screening_hits: o
+                .screening_hits
+                .into_iter()
+                .map(|(list, status, entry)| ScreeningHit {
+                    list,
+                    status,
+                    entry,
+                })
+                .collect(),
+            authorizations: o
+                .authorizations
+                .into_iter()
+                .map(|a| Authorization {
+                    id: a.id,
+                    legal_basis: a.legal_basis,
+                    model_tags: a.model_tags,
+                    nationalities: a.nationalities,
+                    subjects: a.subjects,
+                    relationships: a.relationships,
+                    valid_from: a.valid_from,
+                    valid_until: a.valid_until,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{OrgRecord, UsPersonStatus, UserRecord};
+    use time::macros::datetime;
+
+    /// A user with every optional field set, and one with none.
+    fn full_user(i: usize) -> UserRecord {
+        UserRecord {
+            id: format!("u{i}"),
+            version: 3,
+            updated_at: Some(datetime!(2026-11-01 12:00:00.123456789 +02:00)),
+            us_person_status: UsPersonStatus::ForeignPerson,
+            citizenships: vec![
+                Citizenship {
+                    country: "FR".into(),
+                    acquired_on: Some("1990-01-02".into()),
+                },
+                Citizenship {
+                    country: "CN".into(),
+                    acquired_on: None,
+                },
+            ],
+            permanent_residencies: vec![PermanentResidency {
+                country: "US".into(),
+                status: ResidencyStatus::Pending,
+                acquired_on: Some("2020-05-05".into()),
+            }],
+            organization_id: Some("o".into()),
+            relationship: Some(Relationship::Contractor),
+            verification: Some(Verification {
+                status: VerificationStatus::Verified,
+                verified_at: Some(datetime!(2026-01-01 00:00 UTC)),
+                expires_at: None,
+            }),
+            revocation: Some(Revocation {
+                revoked_at: datetime!(2026-11-20 08:30 UTC),
+                reason: Some("directive 7".into()),
+            }),
+        }
+    }
+
+    fn bare_user(i: usize) -> UserRecord {
+        UserRecord {
+            id: format!("b{i}"),
+            version: 1,
+            updated_at: None,
+            us_person_status: UsPersonStatus::Citizen,
+            citizenships: vec![],
+            permanent_residencies: vec![],
+            organization_id: None,
+            relationship: None,
+            verification: None,
+            revocation: None,
+        }
+    }
+
+    fn full_org() -> OrgRecord {
+        OrgRecord {
+            id: "o".into(),
+            version: 9,
+            updated_at: Some(datetime!(2026-10-10 10:10:10 UTC)),
+            name: Some("Org".into()),
+            headquarters: Some("SG".into()),
+            owners: vec![Owner {
+                id: "parent".into(),
+                headquarters: Some("CN".into()),
+                percent: 50.5,
+            }],
+            screening_hits: vec![ScreeningHit {
+                list: "entity_list".into(),
+                status: ScreeningStatus::Potential,
+                entry: None,
+            }],
+            authorizations: vec![Authorization {
+                id: "L-1".into(),
+                legal_basis: Some("EAR 734.13".into()),
+                model_tags: vec!["frontier".into()],
+                nationalities: vec!["CN".into()],
+                subjects: vec!["u1".into()],
+                relationships: vec![Relationship::Employee],
+                valid_from: Some("2026-01-01".into()),
+                valid_until: None,
+            }],
+        }
+    }
 
     fn store() -> Store {
         let s = Store::new();
         for i in 0..50 {
-            s.apply(EligibilityRecord::User(UserRecord {
-                id: format!("u{i}"),
-                version: 3,
-                updated_at: None,
-                us_person_status: UsPersonStatus::Citizen,
-                citizenships: vec![],
-                permanent_residencies: vec![],
-                organization_id: None,
-                relationship: None,
-                verification: None,
-                revocation: None,
-            }));
+            s.apply(EligibilityRecord::User(full_user(i)));
+            s.apply(EligibilityRecord::User(bare_user(i)));
         }
-        s.apply(EligibilityRecord::Organization(OrgRecord {
-            id: "o".into(),
-            version: 1,
-            updated_at: None,
-            name: None,
-            headquarters: Some("SG".into()),
-            owners: vec![],
-            screening_hits: vec![],
-            authorizations: vec![],
-        }));
+        s.apply(EligibilityRecord::Organization(full_org()));
         s
     }
 
-    #[test]
-    fn round_trip_keeps_records_and_positions() {
-        let dir = std::env::temp_dir().join(format!("clearance-snap-{}", std::process::id()));
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("clearance-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.bin");
-        let pos: BTreeMap<i32, i64> = [(0, 17), (1, 4)].into_iter().collect();
-        let w = write(&path, &store(), &pos).unwrap();
-        assert_eq!(w.records, 51);
-        let s2 = Store::new();
-        let r = load(&path, &s2).unwrap();
-        assert_eq!(r.positions, pos);
-        assert_eq!(s2.user_count(), 50);
-        assert_eq!(s2.org_count(), 1);
-        assert_eq!(s2.user("u7").unwrap().version, 3);
-        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("s.snap")
     }
 
     #[test]
-    fn corruption_is_rejected_and_nothing_applied() {
-        let dir = std::env::temp_dir().join(format!("clearance-snap2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.bin");
+    fn round_trip_keeps_every_field_and_the_positions() {
+        let path = temp("snap-rt");
+        let pos: BTreeMap<i32, i64> = [(0, 17), (1, 4)].into_iter().collect();
+        let w = write(&path, &store(), &pos).unwrap();
+        assert_eq!(w.records, 101);
+        assert_eq!(w.bytes, std::fs::metadata(&path).unwrap().len());
+        let (s2, r) = load(&path).unwrap();
+        assert_eq!(r.positions, pos);
+        assert_eq!(r.records, 101);
+        assert_eq!((s2.user_count(), s2.org_count()), (100, 1));
+        assert_eq!(*s2.user("u7").unwrap(), full_user(7));
+        assert_eq!(*s2.user("b7").unwrap(), bare_user(7));
+        assert_eq!(*s2.organization("o").unwrap(), full_org());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn an_empty_store_round_trips() {
+        let path = temp("snap-empty");
+        write(&path, &Store::new(), &BTreeMap::new()).unwrap();
+        let (s2, info) = load(&path).unwrap();
+        assert_eq!((info.records, s2.user_count(), s2.org_count()), (0, 0, 0));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    fn rejected(path: &Path) -> String {
+        match load(path) {
+            Err(SnapshotError::Invalid { reason, .. }) => reason,
+            Err(e) => panic!("expected a rejection, got {e}"),
+            Ok((_, info)) => panic!("expected a rejection, loaded {info:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupted_truncated_foreign_and_old_snapshots_are_rejected() {
+        let path = temp("snap-bad");
+        write(&path, &store(), &BTreeMap::new()).unwrap();
+        let good = std::fs::read(&path).unwrap();
+
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0xff;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(rejected(&path).contains("checksum"));
+
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        assert!(rejected(&path).contains("truncated"));
+
+        let mut longer = good.clone();
+        longer.extend_from_slice(b"tail");
+        std::fs::write(&path, &longer).unwrap();
+        assert!(rejected(&path).contains("does not match"));
+
+        let mut old = good.clone();
+        old[..8].copy_from_slice(b"CLRSNAP1");
+        std::fs::write(&path, &old).unwrap();
+        assert!(rejected(&path).contains("incompatible format"));
+
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(rejected(&path).contains("too short"));
+        std::fs::write(&path, vec![7u8; 100]).unwrap();
+        assert!(rejected(&path).contains("bad magic"));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_rejected_even_with_a_good_checksum() {
+        // A well-formed file whose header promises more records than the
+        // body holds: the checksum matches, the decoding does not.
+        let path = temp("snap-count");
         write(&path, &store(), &BTreeMap::new()).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
+        // The header starts the body: format (4), positions length (8, no
+        // entries), then the user count.
+        let users_at = PREAMBLE + 4 + 8;
+        bytes[users_at..users_at + 8].copy_from_slice(&1_000u64.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[PREAMBLE..]);
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
-        let s2 = Store::new();
-        assert!(matches!(
-            load(&path, &s2),
-            Err(SnapshotError::Invalid { .. })
-        ));
-        assert_eq!(s2.user_count(), 0);
-        std::fs::write(&path, b"garbage").unwrap();
-        assert!(matches!(
-            load(&path, &s2),
-            Err(SnapshotError::Invalid { .. })
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(rejected(&path).contains("record"));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
