@@ -257,3 +257,24 @@ mod tests {
         assert!(elig.2.contains(&("cleanup.policy", "compact")));
     }
 }
+
+/// A consumer context for readers that ask for end-of-partition events
+/// (`enable.partition.eof`): reaching the end is progress, not an error, so
+/// it is not logged; every other client error is logged as a warning
+/// (librdkafka retries them).
+#[derive(Debug, Clone, Copy)]
+pub struct EofAwareContext {
+    /// Which client, for the log line.
+    pub what: &'static str,
+}
+
+impl rdkafka::ClientContext for EofAwareContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            e => tracing::warn!(client = self.what, error = %e, reason, "kafka client error"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofAwareContext {}

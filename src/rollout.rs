@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::{base_config, KafkaBoundaryError};
+use crate::kafka::{base_config, EofAwareContext, KafkaBoundaryError};
 use crate::metrics as m;
 use crate::pipeline::ActivePolicy;
 use crate::policy::{CompiledPolicy, PolicyError};
@@ -182,12 +182,14 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RolloutError> {
     let topic = cfg.topics.policy.clone();
-    let consumer: BaseConsumer<DefaultConsumerContext> = base_config(&cfg.kafka, "policy-watcher")
+    let consumer: BaseConsumer<EofAwareContext> = base_config(&cfg.kafka, "policy-watcher")
         .set("group.id", format!("{}-policy-unused", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(EofAwareContext {
+            what: "policy watcher",
+        })
         .map_err(|source| KafkaBoundaryError::Client {
             what: "policy watcher",
             source,

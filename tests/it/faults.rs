@@ -17,73 +17,137 @@ use crate::harness::*;
 
 /// Exactly-once: SIGKILL the engine at random points five times during a
 /// load, restart it each time; in the end every request has exactly one
-/// committed decision.
+/// committed decision, and no allow followed the probe's revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_survives_repeated_sigkill() {
-    let mut cfg = test_config("eos");
-    cfg.engine.delivery = DeliveryMode::ExactlyOnce;
+    repeated_sigkill(DeliveryMode::ExactlyOnce, "eos").await;
+}
+
+/// At-least-once: the same five random SIGKILLs; every request has at
+/// least one decision (the duplicates are counted and reported), and no
+/// allow followed the probe's revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_survives_repeated_sigkill() {
+    repeated_sigkill(DeliveryMode::AtLeastOnce, "alo").await;
+}
+
+async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
+    let mut cfg = test_config(name);
+    cfg.engine.delivery = mode;
     cfg.engine.transaction_max_ms = 50;
     create_topics(&cfg).await;
-    let dir = std::env::temp_dir().join(unique("clearance-eos"));
+    let dir = std::env::temp_dir().join(unique(&format!("clearance-{name}")));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let subjects: Vec<_> = (0..300).map(|i| loadgen::subject("eo", i)).collect();
+    let subjects: Vec<_> = (0..300).map(|i| loadgen::subject(name, i)).collect();
     let p = producer();
     seed(&p, &cfg, &subjects);
+    // Phase 1 goes out now; phase 2 once the probe's revocation is applied
+    // (during the second instance's life). The probe's requests are mixed
+    // into both.
     const N: usize = 30_000;
-    let batch = request_batch(&subjects, "eo", 0..N);
-    publish_raw(&p, &cfg.topics.requests, &batch);
+    const PROBES: usize = 300;
+    let probe = RevocationProbe::new(name, PROBES / 2);
+    publish_records(&p, &cfg, &[probe.record()]);
+    let phase = |range: std::ops::Range<usize>, probes: std::ops::Range<usize>| {
+        let mut b = request_batch(&subjects, name, range);
+        for (k, r) in probe.requests(probes).into_iter().enumerate() {
+            let at = (k * 97) % b.len();
+            b.insert(at, r);
+        }
+        b
+    };
+    publish_raw(&p, &cfg.topics.requests, &phase(0..N / 2, 0..PROBES / 2));
 
     let c = committed_reader(&cfg.topics.decisions);
+    let mut all = Vec::new();
     let mut counts: HashMap<String, usize> = HashMap::new();
-    let absorb = |reads: Vec<Read>, counts: &mut HashMap<String, usize>| {
+    let absorb = |reads: Vec<Read>, counts: &mut HashMap<String, usize>, all: &mut Vec<_>| {
         for d in decisions(&reads) {
-            *counts.entry(d.request_id).or_default() += 1;
+            *counts.entry(d.request_id.clone()).or_default() += 1;
+            all.push(d);
         }
     };
     let mut rng = rand::thread_rng();
     for kill in 0..5 {
-        let mut child = spawn_engine(&cfg, &dir, "eos");
-        // Wait until this instance commits decisions, then let it run a
+        let (mut child, admin) = spawn_engine_with_admin(&cfg, &dir, name);
+        if kill == 1 {
+            // Once one of the probe's phase-1 requests has been allowed,
+            // revoke the probe; once this instance reports the revocation
+            // applied, send phase 2.
+            if !all.iter().any(|d| probe.allowed_before(d)) {
+                let reads = tokio::task::block_in_place(|| {
+                    read_until(&c, Duration::from_secs(90), |r| {
+                        decisions(r).iter().any(|d| probe.allowed_before(d))
+                    })
+                });
+                absorb(reads, &mut counts, &mut all);
+            }
+            wait_applied_at(admin, &bootstrap(), &cfg).await;
+            probe.revoke(&p, &cfg);
+            wait_applied_at(admin, &bootstrap(), &cfg).await;
+            publish_raw(
+                &p,
+                &cfg.topics.requests,
+                &phase(N / 2..N, PROBES / 2..PROBES),
+            );
+        }
+        // Wait until this instance publishes decisions (at-least-once: some
+        // may repeat ones its killed predecessor made), then let it run a
         // random while longer and SIGKILL it: the kill lands mid-load.
-        let before = counts.len();
         let reads = tokio::task::block_in_place(|| {
             read_until(&c, Duration::from_secs(90), |r| r.len() >= 300)
         });
-        absorb(reads, &mut counts);
-        assert!(counts.len() > before, "instance {kill} made progress");
+        assert!(
+            reads.len() >= 300,
+            "instance {kill} published decisions: {}",
+            reads.len()
+        );
+        absorb(reads, &mut counts, &mut all);
         let wait = Duration::from_millis(rng.gen_range(100..1_500));
         let reads = tokio::task::block_in_place(|| read_until(&c, wait, |_| false));
-        absorb(reads, &mut counts);
+        absorb(reads, &mut counts, &mut all);
         child.kill().expect("SIGKILL");
         let _ = child.wait();
-        eprintln!("eos kill {kill}: {} requests decided so far", counts.len());
+        eprintln!(
+            "{name} kill {kill}: {} requests decided so far",
+            counts.len()
+        );
     }
-    let mut child = spawn_engine(&cfg, &dir, "eos");
+    let total = N + PROBES;
+    let mut child = spawn_engine(&cfg, &dir, name);
     let deadline = Instant::now() + Duration::from_secs(240);
-    while counts.len() < N && Instant::now() < deadline {
+    while counts.len() < total && Instant::now() < deadline {
         let reads =
             tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(2), |_| false));
-        absorb(reads, &mut counts);
+        absorb(reads, &mut counts, &mut all);
     }
     // Anything committed late shows up now, if at all.
     let reads = tokio::task::block_in_place(|| read_until(&c, Duration::from_secs(5), |_| false));
-    absorb(reads, &mut counts);
+    absorb(reads, &mut counts, &mut all);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
     let missing: Vec<usize> = (0..N)
-        .filter(|i| !counts.contains_key(&format!("eo-{i}")))
+        .filter(|i| !counts.contains_key(&format!("{name}-{i}")))
         .take(10)
         .collect();
     assert!(
         missing.is_empty(),
-        "requests without a committed decision: {missing:?}"
+        "requests without a decision: {missing:?}"
     );
+    probe.check(&all, PROBES);
     let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
-    assert!(doubled.is_empty(), "decisions committed twice: {doubled:?}");
-    assert_eq!(counts.len(), N);
+    if mode == DeliveryMode::ExactlyOnce {
+        assert!(doubled.is_empty(), "decisions committed twice: {doubled:?}");
+    }
+    assert_eq!(counts.len(), total);
+    eprintln!(
+        "{name}: {total} requests, {} decisions, {} decided more than once",
+        all.len(),
+        counts.values().filter(|n| **n > 1).count()
+    );
 }
 
 /// Several instances in one group, joining and leaving during a load
@@ -215,7 +279,9 @@ fn decide_one(
 
 /// A change-feed outage longer than the staleness bound: controlled models
 /// are denied with `stale_data`, untagged ones keep being served, and
-/// recovery is automatic. The change feed lives on a broker of its own
+/// recovery is automatic; a revocation applied before the outage holds
+/// through it and after, and one published after the recovery is applied.
+/// The change feed lives on a broker of its own
 /// (`kafka.feed_bootstrap_servers`), which is stopped and started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_outage_denies_only_controlled_models_until_recovery() {
@@ -231,11 +297,20 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
         .unwrap();
 
     let us = loadgen::subject("sl", 0);
+    // Probe A is revoked before the outage, probe B after the recovery.
+    let (probe_a, probe_b) = (
+        RevocationProbe::new("sla", 1),
+        RevocationProbe::new("slb", 1),
+    );
     let fp = clearance::loadgen::data_producer(&feed.bootstrap).unwrap();
     clearance::loadgen::publish_eligibility(
         &fp,
         &cfg.topics.eligibility,
-        &[EligibilityRecord::User(us.record.clone().unwrap())],
+        &[
+            EligibilityRecord::User(us.record.clone().unwrap()),
+            probe_a.record(),
+            probe_b.record(),
+        ],
     )
     .unwrap();
     let (h, stop) = start_engine(&cfg).await;
@@ -248,6 +323,18 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
     let d =
         tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-1", loadgen::TAGGED_MODEL));
     assert_eq!(d.outcome, Outcome::Allow, "fresh: {:?}", d.reasons);
+    let mut probed = Vec::new();
+    let probe = |p: &RevocationProbe, i: usize, probed: &mut Vec<clearance::event::Decision>| {
+        let d = tokio::task::block_in_place(|| {
+            decide_one(&cfg, &c, &p.subject, &p.id(i), loadgen::TAGGED_MODEL)
+        });
+        probed.push(d);
+    };
+    probe(&probe_a, 0, &mut probed);
+    probe(&probe_b, 0, &mut probed);
+    probe_a.revoke(&fp, &cfg);
+    wait_applied_at(h.admin_addr, &feed.bootstrap, &cfg).await;
+    probe(&probe_a, 1, &mut probed);
 
     // Outage: the feed's broker goes away for longer than the bound.
     tokio::task::block_in_place(|| feed.stop());
@@ -273,6 +360,7 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
         "untagged models keep working: {:?}",
         d.reasons
     );
+    probe(&probe_a, 2, &mut probed);
 
     // Recovery, without touching the engine.
     tokio::task::block_in_place(|| feed.start());
@@ -284,11 +372,24 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
     let d =
         tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-4", loadgen::TAGGED_MODEL));
     assert_eq!(d.outcome, Outcome::Allow, "recovered: {:?}", d.reasons);
+    probe(&probe_a, 3, &mut probed);
+    probe_b.revoke(&fp, &cfg);
+    wait_applied_at(h.admin_addr, &feed.bootstrap, &cfg).await;
+    probe(&probe_b, 1, &mut probed);
+    probe_a.check(&probed, 4);
+    probe_b.check(&probed, 2);
+    assert_eq!(
+        probed.last().unwrap().reasons,
+        vec!["subject_revoked".to_string()],
+        "a revocation published after the recovery is applied"
+    );
     stop_engine(h, stop).await;
 }
 
 /// The broker stopped and restarted during a load: every request still
-/// gets a decision (at-least-once), with no engine restart.
+/// gets a decision (at-least-once), with no engine restart; a revocation
+/// applied before the stop holds after it, and one published after the
+/// restart is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_during_load_loses_nothing() {
     let broker = PrivateBroker::up();
@@ -296,32 +397,22 @@ async fn broker_restart_during_load_loses_nothing() {
     cfg.kafka.bootstrap_servers = broker.bootstrap.clone();
     create_topics(&cfg).await;
     let subjects: Vec<_> = (0..100).map(|i| loadgen::subject("br", i)).collect();
+    // Probe A is revoked before the broker stops, probe B after it is back.
+    const PROBES: usize = 100;
+    let probe_a = RevocationProbe::new("bra", PROBES / 2);
+    let probe_b = RevocationProbe::new("brb", PROBES / 2);
     let p = clearance::loadgen::data_producer(&broker.bootstrap).unwrap();
-    let recs: Vec<_> = subjects
+    let mut recs: Vec<_> = subjects
         .iter()
         .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
         .collect();
+    recs.extend([probe_a.record(), probe_b.record()]);
     clearance::loadgen::publish_eligibility(&p, &cfg.topics.eligibility, &recs).unwrap();
     let (h, stop) = start_engine(&cfg).await;
     let targets = loadgen::high_watermarks(&broker.bootstrap, &cfg.topics.eligibility).unwrap();
     loadgen::wait_for_feed(h.admin_addr, &targets, Duration::from_secs(60))
         .await
         .unwrap();
-
-    const N: usize = 20_000;
-    let batch = |range| request_batch(&subjects, "br", range);
-    for (k, v) in batch(0..N / 2) {
-        clearance::loadgen::send_blocking(&p, &cfg.topics.requests, &k, Some(&v)).unwrap();
-    }
-    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await; // mid-load
-    tokio::task::block_in_place(|| broker.stop());
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    tokio::task::block_in_place(|| broker.start());
-    for (k, v) in batch(N / 2..N) {
-        clearance::loadgen::send_blocking(&p, &cfg.topics.requests, &k, Some(&v)).unwrap();
-    }
-    rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
 
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
@@ -336,16 +427,52 @@ async fn broker_restart_during_load_loses_nothing() {
     }
     c.assign(&tpl).unwrap();
     let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while seen.len() < N && Instant::now() < deadline {
+    let mut all = Vec::new();
+    let mut read = |until: &dyn Fn(&[clearance::event::Decision]) -> bool,
+                    seen: &mut std::collections::HashSet<String>| {
         let reads = tokio::task::block_in_place(|| {
             read_until(&c, Duration::from_secs(2), |r| r.len() >= 5_000)
         });
         for d in decisions(&reads) {
-            total += 1;
-            seen.insert(d.request_id);
+            seen.insert(d.request_id.clone());
+            all.push(d);
         }
+        until(&all)
+    };
+
+    const N: usize = 20_000;
+    // The probes' requests go first: their decisions before the revocation
+    // come early, and the broker stops while the rest is in flight.
+    let send = |range: std::ops::Range<usize>, probes: std::ops::Range<usize>| {
+        let mut b = probe_a.requests(probes.clone());
+        b.extend(probe_b.requests(probes));
+        b.extend(request_batch(&subjects, "br", range));
+        for (k, v) in b {
+            clearance::loadgen::send_blocking(&p, &cfg.topics.requests, &k, Some(&v)).unwrap();
+        }
+        rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+    };
+    send(0..N / 2, 0..PROBES / 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let baseline = |ds: &[clearance::event::Decision]| {
+        ds.iter().any(|d| probe_a.allowed_before(d)) && ds.iter().any(|d| probe_b.allowed_before(d))
+    };
+    while !read(&baseline, &mut seen) {
+        assert!(Instant::now() < deadline, "no probe request was allowed");
+    }
+    probe_a.revoke(&p, &cfg);
+    wait_applied_at(h.admin_addr, &broker.bootstrap, &cfg).await;
+    let in_flight = N / 2 + PROBES - seen.len();
+    tokio::task::block_in_place(|| broker.stop());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| broker.start());
+    probe_b.revoke(&p, &cfg);
+    wait_applied_at(h.admin_addr, &broker.bootstrap, &cfg).await;
+    send(N / 2..N, PROBES / 2..PROBES);
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while seen.len() < N + 2 * PROBES && Instant::now() < deadline {
+        read(&|_| false, &mut seen);
     }
     let missing: Vec<usize> = (0..N)
         .filter(|i| !seen.contains(&format!("br-{i}")))
@@ -355,7 +482,13 @@ async fn broker_restart_during_load_loses_nothing() {
         missing.is_empty(),
         "requests without a decision: {missing:?}"
     );
-    eprintln!("broker restart: {N} requests, {total} decisions");
+    probe_a.check(&all, PROBES);
+    probe_b.check(&all, PROBES);
+    eprintln!(
+        "broker restart: {} requests, {} decisions, about {in_flight} undecided when the broker stopped",
+        N + 2 * PROBES,
+        all.len()
+    );
     stop_engine(h, stop).await;
 }
 

@@ -290,20 +290,46 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// A `clearance run` child process, killed when dropped (so that a failing
+/// test leaves no engine behind).
+pub struct EngineProcess(std::process::Child);
+
+impl std::ops::Deref for EngineProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for EngineProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start `clearance run` as a child process with `cfg` written to
 /// `dir/NAME.toml`.
-pub fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> std::process::Child {
+pub fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> EngineProcess {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_clearance"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn clearance run")
+    EngineProcess(
+        Command::new(env!("CARGO_BIN_EXE_clearance"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn clearance run"),
+    )
 }
 
 /// Publish the eligibility records of synthetic subjects (unknown subjects
@@ -342,4 +368,171 @@ pub async fn engine_status(h: &EngineHandle) -> serde_json::Value {
         .await
         .expect("GET /status");
     serde_json::from_str(&body).expect("/status is JSON")
+}
+
+/// A free loopback address for a child engine's admin port.
+pub fn free_admin_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr")
+}
+
+/// Like [`spawn_engine`], on an admin port of its own: returns the child
+/// and the address of its `/status`.
+pub fn spawn_engine_with_admin(
+    cfg: &Config,
+    dir: &std::path::Path,
+    name: &str,
+) -> (EngineProcess, std::net::SocketAddr) {
+    let addr = free_admin_addr();
+    let mut cfg = cfg.clone();
+    cfg.admin.listen = addr.to_string();
+    (spawn_engine(&cfg, dir, name), addr)
+}
+
+/// Wait until the engine at `admin` is ready and has applied the change
+/// feed on `bootstrap` up to its current end.
+pub async fn wait_applied_at(admin: std::net::SocketAddr, bootstrap: &str, cfg: &Config) {
+    let targets =
+        clearance::loadgen::high_watermarks(bootstrap, &cfg.topics.eligibility).expect("hw");
+    clearance::loadgen::wait_for_feed(admin, &targets, Duration::from_secs(120))
+        .await
+        .expect("feed applied");
+}
+
+/// The "no allow after a revocation was applied" check of the fault tests.
+///
+/// The probe is a U.S. citizen, allowed the controlled model until revoked.
+/// A test mixes the probe's requests (`PREFIX-rv-i`, controlled model) into
+/// its load, revokes the probe with [`RevocationProbe::revoke`], waits until
+/// the engine reports the revocation applied, and only then sends the
+/// requests from [`RevocationProbe::after`] on. [`RevocationProbe::check`]
+/// then asserts that every one of those was denied, and that every decision
+/// made with the revoked record was a deny.
+pub struct RevocationProbe {
+    /// The subject.
+    pub subject: clearance::loadgen::Subject,
+    prefix: String,
+    after: usize,
+}
+
+impl RevocationProbe {
+    /// A probe for request ids `PREFIX-rv-i`; requests with `i >= after`
+    /// are the ones sent after the revocation was applied.
+    pub fn new(prefix: &str, after: usize) -> Self {
+        let subject = clearance::loadgen::subject(&format!("{prefix}rv"), 0);
+        assert_eq!(
+            subject.record.as_ref().map(|r| r.us_person_status),
+            Some(clearance::event::UsPersonStatus::Citizen),
+            "the probe is a U.S. citizen"
+        );
+        RevocationProbe {
+            subject,
+            prefix: prefix.to_string(),
+            after,
+        }
+    }
+
+    /// Its eligibility record (version 1, not revoked), to seed the feed.
+    pub fn record(&self) -> EligibilityRecord {
+        EligibilityRecord::User(self.subject.record.clone().expect("record"))
+    }
+
+    /// The revocation: version 2 of its record.
+    pub fn revocation(&self) -> EligibilityRecord {
+        let mut rec = self.subject.record.clone().expect("record");
+        rec.version = 2;
+        rec.revocation = Some(clearance::event::Revocation {
+            revoked_at: time::OffsetDateTime::now_utc(),
+            reason: Some("fault test".into()),
+        });
+        EligibilityRecord::User(rec)
+    }
+
+    /// Publish the revocation through `p`.
+    pub fn revoke(&self, p: &BaseProducer, cfg: &Config) {
+        publish_records(p, cfg, &[self.revocation()]);
+    }
+
+    /// The id of the probe's request `i`.
+    pub fn id(&self, i: usize) -> String {
+        format!("{}-rv-{i}", self.prefix)
+    }
+
+    /// The probe's requests `PREFIX-rv-i` for `i` in `range`.
+    pub fn requests(&self, range: std::ops::Range<usize>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        range
+            .map(|i| {
+                let r = clearance::loadgen::request(
+                    &self.subject,
+                    self.id(i),
+                    clearance::loadgen::TAGGED_MODEL,
+                );
+                (
+                    self.subject.id.as_bytes().to_vec(),
+                    serde_json::to_vec(&r).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `d` allowed one of the probe's requests sent before the
+    /// revocation: a test waits for one before it revokes, so that
+    /// [`RevocationProbe::check`] has a baseline.
+    pub fn allowed_before(&self, d: &Decision) -> bool {
+        d.request_id
+            .strip_prefix(&format!("{}-rv-", self.prefix))
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i < self.after)
+            && d.outcome == clearance::event::Outcome::Allow
+    }
+
+    /// Assert, over all decisions `ds` read back: every probe request sent
+    /// after the revocation was applied was denied as revoked; every
+    /// decision made with the revoked record is a deny; at least one probe
+    /// request sent before was allowed (the probe is not denied anyway);
+    /// and every probe request in `0..sent` has a decision.
+    pub fn check(&self, ds: &[Decision], sent: usize) {
+        let marker = format!("{}-rv-", self.prefix);
+        let mut decided = std::collections::BTreeSet::new();
+        let mut allowed_before = 0;
+        for d in ds.iter().filter(|d| d.request_id.starts_with(&marker)) {
+            let i: usize = d.request_id[marker.len()..].parse().expect("probe index");
+            decided.insert(i);
+            let revoked_record = d.versions.subject.as_ref().is_some_and(|v| v.version >= 2);
+            if revoked_record || i >= self.after {
+                assert_eq!(
+                    d.outcome,
+                    clearance::event::Outcome::Deny,
+                    "{} allowed after the revocation was applied: {:?}",
+                    d.request_id,
+                    d.reasons
+                );
+            }
+            if i >= self.after {
+                assert!(
+                    d.reasons
+                        .iter()
+                        .any(|r| r == "subject_revoked" || r == "stale_data"),
+                    "{} denied for the revocation: {:?}",
+                    d.request_id,
+                    d.reasons
+                );
+            }
+            if i < self.after && d.outcome == clearance::event::Outcome::Allow {
+                allowed_before += 1;
+            }
+        }
+        assert!(
+            allowed_before > 0,
+            "the probe was allowed before its revocation (otherwise the check proves nothing)"
+        );
+        let missing: Vec<usize> = (0..sent)
+            .filter(|i| !decided.contains(i))
+            .take(10)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "probe requests without a decision: {missing:?}"
+        );
+    }
 }
