@@ -138,15 +138,16 @@ pub struct EngineConfig {
     pub producer_linger_ms: u64,
     /// How often stored offsets are committed.
     pub commit_interval_ms: u64,
-    /// Bound on a graceful shutdown (drain, commit, flush).
+    /// Bound on a graceful shutdown (drain, commit, flush), and on the
+    /// final snapshot write (past it, the previous snapshot stays).
     pub shutdown_timeout_ms: u64,
     /// Dead letters keep at most this many bytes of the original payload.
     pub deadletter_max_payload_bytes: usize,
     /// Snapshot file of the eligibility cache, for a warm restart (none:
     /// every start replays the whole change feed).
     pub snapshot_path: Option<PathBuf>,
-    /// How often the change-feed task writes the snapshot (also written on
-    /// shutdown).
+    /// How often the snapshot is written, on a thread of its own while the
+    /// feed goes on (also on shutdown, within `shutdown_timeout_ms`).
     pub snapshot_interval_secs: u64,
     /// Requests and change-feed records above this size are dead-lettered
     /// (`too_large`) without being decoded.

@@ -148,6 +148,7 @@ fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value)
             serde_json::json!({ "status": "none" }),
         );
     };
+    crate::eligibility::snapshot::remove_leftovers(path);
     if !path.exists() {
         return (
             Store::new(),

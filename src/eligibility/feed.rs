@@ -368,7 +368,10 @@ pub fn run(
     }
     if let Some(w) = snapshots.as_mut() {
         if state.is_ready() {
-            w.write_now(capture(&state));
+            w.finish(
+                capture(&state),
+                Duration::from_millis(cfg.engine.shutdown_timeout_ms),
+            );
         }
     }
     Ok(())

@@ -154,6 +154,15 @@ impl View {
 
     /// Write the view to `path`, atomically (temporary file, sync, rename).
     pub fn write(&self, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let tmp = temp_path(path);
+        let result = self.write_to(&tmp, path);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn write_to(&self, tmp: &Path, path: &Path) -> Result<SnapshotInfo, SnapshotError> {
         let io = |e: std::io::Error| SnapshotError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -162,8 +171,7 @@ impl View {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let tmp = path.with_extension("tmp");
-        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let file = std::fs::File::create(tmp).map_err(io)?;
         let mut out = BufWriter::with_capacity(IO_BUFFER, file);
         out.write_all(MAGIC).map_err(io)?;
         out.write_all(&[0u8; 12]).map_err(io)?; // checksum and length, below
@@ -196,12 +204,53 @@ impl View {
         file.write_all(&len.to_le_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);
-        std::fs::rename(&tmp, path).map_err(io)?;
+        std::fs::rename(tmp, path).map_err(io)?;
         Ok(SnapshotInfo {
             records: self.len(),
             positions: self.positions.clone(),
             bytes: PREAMBLE as u64 + len,
         })
+    }
+}
+
+/// A temporary file next to `path`, unique to this write: a write abandoned
+/// at shutdown never shares its file with a later one.
+fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Remove the temporary files that writes abandoned at shutdown (or cut
+/// short by a kill) left next to `path`. Call it before any write starts.
+pub fn remove_leftovers(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".tmp-");
+    let prefix = prefix.to_string_lossy().to_string();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed an abandoned snapshot file")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "could not remove an abandoned snapshot file")
+                }
+            }
+        }
     }
 }
 
@@ -266,11 +315,29 @@ impl BackgroundWriter {
         }
     }
 
-    /// Wait for a running write, then write `view` on this thread (at
-    /// shutdown: the last snapshot is complete when this returns).
-    pub fn write_now(&mut self, view: View) {
+    /// At shutdown: let a running write finish, then write `view`, all
+    /// within `within`. Returns whether the snapshot was written. Past the
+    /// bound the write is abandoned (its thread is detached and dies with
+    /// the process, leaving at most a temporary file): the previous
+    /// snapshot stays in place, valid, and the engine exits on time.
+    pub fn finish(&mut self, view: View, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let wait = |w: &Self| {
+            while w.busy() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            !w.busy()
+        };
+        if !wait(self) || !self.start(view) || !wait(self) {
+            tracing::warn!(
+                bound_ms = within.as_millis() as u64,
+                "eligibility snapshot not finished within the shutdown bound; the previous snapshot stays"
+            );
+            self.running = None; // detach
+            return false;
+        }
         self.join();
-        write_logged(&view, &self.path);
+        true
     }
 
     fn join(&mut self) {
@@ -873,5 +940,58 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert!(rejected(&path).contains("record"));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_shutdown_write_is_whole_or_absent_never_torn() {
+        let path = temp("snap-finish");
+        let before = Store::new();
+        before.apply(EligibilityRecord::User(bare_user(0)));
+        write(&path, &before, &BTreeMap::new()).unwrap();
+
+        let big = Store::new();
+        for i in 0..20_000 {
+            big.apply(EligibilityRecord::User(full_user(i)));
+        }
+        let pos: BTreeMap<i32, i64> = [(0, 20_000)].into_iter().collect();
+        // No time at all: the write may or may not make it, but the file is
+        // always one whole snapshot, the old or the new one.
+        let mut w = BackgroundWriter::new(path.clone());
+        let written = w.finish(View::capture(&big, &pos), std::time::Duration::ZERO);
+        let (s, info) = load(&path).unwrap();
+        if written {
+            assert_eq!(info.records, 20_000);
+        } else {
+            assert!(info.records == 1 || info.records == 20_000, "{info:?}");
+        }
+        assert_eq!(s.user_count() as usize, info.records);
+        drop(w);
+
+        // Time enough: written, and it is the new one.
+        let mut w = BackgroundWriter::new(path.clone());
+        assert!(w.finish(
+            View::capture(&big, &pos),
+            std::time::Duration::from_secs(300)
+        ));
+        let (_, info) = load(&path).unwrap();
+        assert_eq!((info.records, info.positions), (20_000, pos));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn leftovers_of_abandoned_writes_are_removed() {
+        let path = temp("snap-leftover");
+        let dir = path.parent().unwrap().to_path_buf();
+        std::fs::write(dir.join("s.snap.tmp-1-0"), b"half").unwrap();
+        std::fs::write(dir.join("other.tmp-1-0"), b"keep").unwrap();
+        write(&path, &store(), &BTreeMap::new()).unwrap();
+        remove_leftovers(&path);
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["other.tmp-1-0", "s.snap"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
