@@ -147,12 +147,14 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::UsPersonStatus;
 
-    fn user(id: &str, version: u64, status: UsPersonStatus) -> EligibilityRecord {
-        EligibilityRecord::User(UserRecord {
+    /// A user with only the required fields (also used by the snapshot
+    /// tests).
+    pub(crate) fn bare_user(id: &str, version: u64, status: UsPersonStatus) -> UserRecord {
+        UserRecord {
             id: id.into(),
             version,
             updated_at: None,
@@ -163,7 +165,11 @@ mod tests {
             relationship: None,
             verification: None,
             revocation: None,
-        })
+        }
+    }
+
+    fn user(id: &str, version: u64, status: UsPersonStatus) -> EligibilityRecord {
+        EligibilityRecord::User(bare_user(id, version, status))
     }
 
     #[test]

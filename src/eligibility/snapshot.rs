@@ -798,18 +798,7 @@ mod tests {
     }
 
     fn bare_user(i: usize) -> UserRecord {
-        UserRecord {
-            id: format!("b{i}"),
-            version: 1,
-            updated_at: None,
-            us_person_status: UsPersonStatus::Citizen,
-            citizenships: vec![],
-            permanent_residencies: vec![],
-            organization_id: None,
-            relationship: None,
-            verification: None,
-            revocation: None,
-        }
+        crate::eligibility::tests::bare_user(&format!("b{i}"), 1, UsPersonStatus::Citizen)
     }
 
     fn full_org() -> OrgRecord {
