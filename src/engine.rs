@@ -186,10 +186,16 @@ fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value)
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
     let handle = start(cfg, shutdown).await?;
     tracing::info!(admin = %handle.admin_addr, "engine started");
-    handle
-        .join
-        .await
-        .map_err(|e| EngineError::Task(e.to_string()))?
+    let EngineHandle { state, join, .. } = handle;
+    let result = join.await.map_err(|e| EngineError::Task(e.to_string()))?;
+    // Everything is committed and flushed. Freeing a large eligibility
+    // store record by record takes a while (some 30 s at 10 million
+    // subjects), so it happens on a thread of its own: a process that exits
+    // now does not wait for it, one that goes on gets the memory back.
+    let _ = std::thread::Builder::new()
+        .name("clearance-free".into())
+        .spawn(move || drop(state));
+    result
 }
 
 /// Start the engine and return once the admin server is listening. Request
