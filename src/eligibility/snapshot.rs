@@ -171,7 +171,13 @@ impl View {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let file = std::fs::File::create(tmp).map_err(io)?;
+        // The records are personal data (citizenships, residencies):
+        // readable by the engine's user only.
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let file = open.open(tmp).map_err(io)?;
         let mut out = BufWriter::with_capacity(IO_BUFFER, file);
         out.write_all(MAGIC).map_err(io)?;
         out.write_all(&[0u8; 12]).map_err(io)?; // checksum and length, below
@@ -853,6 +859,12 @@ mod tests {
         let pos: BTreeMap<i32, i64> = [(0, 17), (1, 4)].into_iter().collect();
         let w = write(&path, &store(), &pos).unwrap();
         assert_eq!(w.records, 101);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "owner-only: {mode:o}");
+        }
         assert_eq!(w.bytes, std::fs::metadata(&path).unwrap().len());
         let (s2, r) = load(&path).unwrap();
         assert_eq!(r.positions, pos);
