@@ -7,6 +7,8 @@
 //!
 //! This module does no I/O.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -416,10 +418,11 @@ pub struct Versions {
 pub struct DecisionInputs {
     /// The request, as decoded.
     pub request: AccessRequest,
-    /// The subject's eligibility record at decision time.
-    pub subject: Option<UserRecord>,
+    /// The subject's eligibility record at decision time (shared with the
+    /// store: a decision does not copy the records it used).
+    pub subject: Option<Arc<UserRecord>>,
     /// The organization's eligibility record at decision time.
-    pub organization: Option<OrgRecord>,
+    pub organization: Option<Arc<OrgRecord>>,
 }
 
 /// Where a record came from in Kafka.

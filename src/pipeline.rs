@@ -886,8 +886,8 @@ fn process(
                 versions: verdict.versions,
                 inputs: Some(DecisionInputs {
                     request: req,
-                    subject: subject.map(|s| (*s).clone()),
-                    organization: org.map(|o| (*o).clone()),
+                    subject,
+                    organization: org,
                 }),
                 decided_at: now,
                 source: Some(source),
