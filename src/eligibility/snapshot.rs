@@ -460,30 +460,26 @@ pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
         });
         let mut decode = || -> Result<(), SnapshotError> {
             let mut batch = Vec::with_capacity(BATCH);
-            let send = |batch: &mut Vec<EligibilityRecord>| {
-                let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
-                // The applier only stops when this sender is gone.
-                let _ = tx.send(full);
+            let mut push = |rec: EligibilityRecord| {
+                batch.push(rec);
+                if batch.len() == BATCH {
+                    // The applier only stops when this sender is gone.
+                    let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                }
             };
             for i in 0..header.users {
                 let u: SnapUser = codec()
                     .deserialize_from(&mut r)
                     .map_err(|e| invalid(format!("user record {i}: {e}")))?;
-                batch.push(EligibilityRecord::User(u.into()));
-                if batch.len() == BATCH {
-                    send(&mut batch);
-                }
+                push(EligibilityRecord::User(u.into()));
             }
             for i in 0..header.orgs {
                 let o: SnapOrg = codec()
                     .deserialize_from(&mut r)
                     .map_err(|e| invalid(format!("organization record {i}: {e}")))?;
-                batch.push(EligibilityRecord::Organization(o.into()));
-                if batch.len() == BATCH {
-                    send(&mut batch);
-                }
+                push(EligibilityRecord::Organization(o.into()));
             }
-            send(&mut batch);
+            let _ = tx.send(batch);
             if !r.fill_buf().map_err(io)?.is_empty() {
                 return Err(invalid("bytes after the last record".into()));
             }

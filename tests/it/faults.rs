@@ -9,9 +9,7 @@ use clearance::config::{Config, DeliveryMode};
 use clearance::event::{EligibilityRecord, Outcome};
 use clearance::loadgen;
 use rand::Rng;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 
 use crate::harness::*;
 
@@ -201,13 +199,7 @@ async fn instances_joining_and_leaving_lose_nothing() {
     instances.push(start_engine(&c3).await);
 
     // Revoke the subject; wait until every instance has applied it.
-    let mut rec = revoked.record.clone().unwrap();
-    rec.version = 2;
-    rec.revocation = Some(clearance::event::Revocation {
-        revoked_at: time::OffsetDateTime::now_utc(),
-        reason: None,
-    });
-    publish_records(&p, &cfg, &[EligibilityRecord::User(rec)]);
+    publish_records(&p, &cfg, &[revocation_of(&revoked)]);
     for (h, _) in &instances {
         wait_feed_applied(h, &cfg).await;
     }
@@ -254,7 +246,8 @@ async fn instances_joining_and_leaving_lose_nothing() {
     }
 }
 
-/// Send one request and return its decision.
+/// Send one request and return its decision (from an async test: the
+/// blocking wait runs in place).
 fn decide_one(
     cfg: &Config,
     reader: &BaseConsumer,
@@ -268,13 +261,28 @@ fn decide_one(
         &cfg.topics.requests,
         &[(s.id.as_bytes().to_vec(), serde_json::to_vec(&r).unwrap())],
     );
-    let reads = read_until(reader, Duration::from_secs(60), |r| {
-        decisions(r).iter().any(|d| d.request_id == id)
+    let reads = tokio::task::block_in_place(|| {
+        read_until(reader, Duration::from_secs(60), |r| {
+            decisions(r).iter().any(|d| d.request_id == id)
+        })
     });
     decisions(&reads)
         .into_iter()
         .find(|d| d.request_id == id)
         .unwrap_or_else(|| panic!("no decision for {id}"))
+}
+
+/// Wait until the engine's `/status` reports the data stale (or fresh).
+async fn wait_stale(h: &clearance::engine::EngineHandle, stale: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while engine_status(h).await["feed"]["stale"] != stale {
+        assert!(
+            Instant::now() < deadline,
+            "data never became {}",
+            if stale { "stale" } else { "fresh again" }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A change-feed outage longer than the staleness bound: controlled models
@@ -320,14 +328,11 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
         .unwrap();
     let c = reader(&cfg.topics.decisions);
 
-    let d =
-        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-1", loadgen::TAGGED_MODEL));
+    let d = decide_one(&cfg, &c, &us, "sl-1", loadgen::TAGGED_MODEL);
     assert_eq!(d.outcome, Outcome::Allow, "fresh: {:?}", d.reasons);
     let mut probed = Vec::new();
     let probe = |p: &RevocationProbe, i: usize, probed: &mut Vec<clearance::event::Decision>| {
-        let d = tokio::task::block_in_place(|| {
-            decide_one(&cfg, &c, &p.subject, &p.id(i), loadgen::TAGGED_MODEL)
-        });
+        let d = decide_one(&cfg, &c, &p.subject, &p.id(i), loadgen::TAGGED_MODEL);
         probed.push(d);
     };
     probe(&probe_a, 0, &mut probed);
@@ -338,13 +343,8 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
 
     // Outage: the feed's broker goes away for longer than the bound.
     tokio::task::block_in_place(|| feed.stop());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while engine_status(&h).await["feed"]["stale"] != true {
-        assert!(Instant::now() < deadline, "data never became stale");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let d =
-        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-2", loadgen::TAGGED_MODEL));
+    wait_stale(&h, true, Duration::from_secs(60)).await;
+    let d = decide_one(&cfg, &c, &us, "sl-2", loadgen::TAGGED_MODEL);
     assert_eq!(d.outcome, Outcome::Deny);
     assert_eq!(
         d.reasons.first().map(String::as_str),
@@ -352,8 +352,7 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
         "{:?}",
         d.reasons
     );
-    let d =
-        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-3", loadgen::UNTAGGED_MODEL));
+    let d = decide_one(&cfg, &c, &us, "sl-3", loadgen::UNTAGGED_MODEL);
     assert_eq!(
         d.outcome,
         Outcome::Allow,
@@ -364,13 +363,8 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
 
     // Recovery, without touching the engine.
     tokio::task::block_in_place(|| feed.start());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while engine_status(&h).await["feed"]["stale"] != false {
-        assert!(Instant::now() < deadline, "data never became fresh again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let d =
-        tokio::task::block_in_place(|| decide_one(&cfg, &c, &us, "sl-4", loadgen::TAGGED_MODEL));
+    wait_stale(&h, false, Duration::from_secs(90)).await;
+    let d = decide_one(&cfg, &c, &us, "sl-4", loadgen::TAGGED_MODEL);
     assert_eq!(d.outcome, Outcome::Allow, "recovered: {:?}", d.reasons);
     probe(&probe_a, 3, &mut probed);
     probe_b.revoke(&fp, &cfg);
@@ -414,18 +408,7 @@ async fn broker_restart_during_load_loses_nothing() {
         .await
         .unwrap();
 
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for part in 0..cfg.topics.partitions {
-        tpl.add_partition_offset(&cfg.topics.decisions, part, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let c = reader_at(&broker.bootstrap, &cfg.topics.decisions);
     let mut seen = std::collections::HashSet::new();
     let mut all = Vec::new();
     let mut read = |until: &dyn Fn(&[clearance::event::Decision]) -> bool,
@@ -516,13 +499,7 @@ async fn warm_restart_from_snapshot_and_corruption_fallback() {
     assert!(snap.exists(), "snapshot written on shutdown");
 
     // While it is down: a revocation for one subject.
-    let mut rec = subjects[0].record.clone().unwrap();
-    rec.version = 2;
-    rec.revocation = Some(clearance::event::Revocation {
-        revoked_at: time::OffsetDateTime::now_utc(),
-        reason: None,
-    });
-    publish_records(&p, &cfg, &[EligibilityRecord::User(rec)]);
+    publish_records(&p, &cfg, &[revocation_of(&subjects[0])]);
 
     // Warm start: loads 900 records, applies only the one new record.
     let (h, stop) = start_engine(&cfg).await;
@@ -536,9 +513,7 @@ async fn warm_restart_from_snapshot_and_corruption_fallback() {
     );
     assert_eq!(s["eligibility"]["users"], 900);
     let c = reader(&cfg.topics.decisions);
-    let d = tokio::task::block_in_place(|| {
-        decide_one(&cfg, &c, &subjects[0], "sn-revoked", loadgen::TAGGED_MODEL)
-    });
+    let d = decide_one(&cfg, &c, &subjects[0], "sn-revoked", loadgen::TAGGED_MODEL);
     assert_eq!(d.reasons, vec!["subject_revoked".to_string()]);
     stop_engine(h, stop).await;
 

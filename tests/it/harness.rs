@@ -151,9 +151,19 @@ pub fn committed_reader(topic: &str) -> BaseConsumer {
     reader_with_isolation(topic, "read_committed")
 }
 
+/// A reader of every partition of `topic` on the broker at `bootstrap`
+/// (a test's private broker), from the beginning.
+pub fn reader_at(bootstrap: &str, topic: &str) -> BaseConsumer {
+    reader_on(bootstrap, topic, "read_uncommitted")
+}
+
 fn reader_with_isolation(topic: &str, isolation: &str) -> BaseConsumer {
+    reader_on(&bootstrap(), topic, isolation)
+}
+
+fn reader_on(bootstrap: &str, topic: &str, isolation: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
@@ -399,6 +409,17 @@ pub async fn wait_applied_at(admin: std::net::SocketAddr, bootstrap: &str, cfg: 
         .expect("feed applied");
 }
 
+/// Version 2 of a synthetic subject's record, revoked now.
+pub fn revocation_of(subject: &clearance::loadgen::Subject) -> EligibilityRecord {
+    let mut rec = subject.record.clone().expect("a subject with a record");
+    rec.version = 2;
+    rec.revocation = Some(clearance::event::Revocation {
+        revoked_at: time::OffsetDateTime::now_utc(),
+        reason: Some("test".into()),
+    });
+    EligibilityRecord::User(rec)
+}
+
 /// The "no allow after a revocation was applied" check of the fault tests.
 ///
 /// The probe is a U.S. citizen, allowed the controlled model until revoked.
@@ -439,13 +460,7 @@ impl RevocationProbe {
 
     /// The revocation: version 2 of its record.
     pub fn revocation(&self) -> EligibilityRecord {
-        let mut rec = self.subject.record.clone().expect("record");
-        rec.version = 2;
-        rec.revocation = Some(clearance::event::Revocation {
-            revoked_at: time::OffsetDateTime::now_utc(),
-            reason: Some("fault test".into()),
-        });
-        EligibilityRecord::User(rec)
+        revocation_of(&self.subject)
     }
 
     /// Publish the revocation through `p`.

@@ -3,11 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clearance::event::{
-    AccessRequest, DeadLetter, Decision, EligibilityRecord, Outcome, Revocation,
-};
+use clearance::event::{AccessRequest, DeadLetter, Decision, EligibilityRecord, Outcome};
 use clearance::loadgen::{self, Category, Subject};
-use time::OffsetDateTime;
 
 use crate::harness::*;
 use crate::schemas;
@@ -184,13 +181,7 @@ async fn revocation_denies_the_next_request() {
         "a verified U.S. citizen is allowed before the revocation"
     );
 
-    let mut rec = s.record.clone().unwrap();
-    rec.version = 2;
-    rec.revocation = Some(Revocation {
-        revoked_at: OffsetDateTime::now_utc(),
-        reason: Some("test".into()),
-    });
-    publish_records(&p, &cfg, &[EligibilityRecord::User(rec)]);
+    publish_records(&p, &cfg, &[revocation_of(&s)]);
     send(50..100); // racing with the revocation: either outcome is fine here
     wait_feed_applied(&h, &cfg).await; // observed through /status
     send(100..150);
@@ -255,14 +246,7 @@ async fn malformed_requests_are_dead_lettered() {
     let dls =
         tokio::task::block_in_place(|| read_until(&dlc, Duration::from_secs(60), |r| r.len() >= 2));
     assert_eq!(dls.len(), 2);
-    let mut dl: Vec<DeadLetter> = dls
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-            schemas::validate("dead-letter", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
-            serde_json::from_value(v).unwrap()
-        })
-        .collect();
+    let mut dl = dead_letters(&dls);
     dl.sort_by_key(|d| d.source.offset);
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -434,16 +418,9 @@ async fn hostile_input_is_dead_lettered_on_both_topics() {
 
     let dlc = reader(&cfg.topics.deadletter);
     let want = bad_requests.len() + bad_feed.len();
-    let dls: Vec<DeadLetter> = tokio::task::block_in_place(|| {
+    let dls = dead_letters(&tokio::task::block_in_place(|| {
         read_until(&dlc, Duration::from_secs(60), |r| r.len() >= want)
-    })
-    .iter()
-    .map(|r| {
-        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-        schemas::validate("dead-letter", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
-        serde_json::from_value(v).unwrap()
-    })
-    .collect();
+    }));
     assert_eq!(dls.len(), want, "{dls:#?}");
     let from_requests = dls
         .iter()
@@ -549,4 +526,16 @@ async fn full_producer_queue_is_backpressure() {
         "the queue filled up and the worker waited:\n{metrics}"
     );
     stop_engine(h, stop).await;
+}
+
+/// Decode dead-letter records, each checked against its JSON Schema.
+fn dead_letters(reads: &[Read]) -> Vec<DeadLetter> {
+    reads
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            schemas::validate("dead-letter", &v).unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
+            serde_json::from_value(v).unwrap()
+        })
+        .collect()
 }
