@@ -408,20 +408,22 @@ async fn broker_restart_during_load_loses_nothing() {
         .await
         .unwrap();
 
-    let c = reader_at(&broker.bootstrap, &cfg.topics.decisions);
-    let mut seen = std::collections::HashSet::new();
-    let mut all = Vec::new();
-    let mut read = |until: &dyn Fn(&[clearance::event::Decision]) -> bool,
-                    seen: &mut std::collections::HashSet<String>| {
+    // Reads decisions from `c` into `seen` and `all`; says whether `until`
+    // holds for what was read so far.
+    let read = |c: &BaseConsumer,
+                until: &dyn Fn(&[clearance::event::Decision]) -> bool,
+                seen: &mut std::collections::HashSet<String>,
+                all: &mut Vec<clearance::event::Decision>| {
         let reads = tokio::task::block_in_place(|| {
-            read_until(&c, Duration::from_secs(2), |r| r.len() >= 5_000)
+            read_until(c, Duration::from_secs(2), |r| r.len() >= 5_000)
         });
         for d in decisions(&reads) {
             seen.insert(d.request_id.clone());
             all.push(d);
         }
-        until(&all)
+        until(all)
     };
+    let (mut seen, mut all) = (std::collections::HashSet::new(), Vec::new());
 
     const N: usize = 20_000;
     // The probes' requests go first: their decisions before the revocation
@@ -436,11 +438,12 @@ async fn broker_restart_during_load_loses_nothing() {
         rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
     };
     send(0..N / 2, 0..PROBES / 2);
+    let early = reader_at(&broker.bootstrap, &cfg.topics.decisions);
     let deadline = Instant::now() + Duration::from_secs(60);
     let baseline = |ds: &[clearance::event::Decision]| {
         ds.iter().any(|d| probe_a.allowed_before(d)) && ds.iter().any(|d| probe_b.allowed_before(d))
     };
-    while !read(&baseline, &mut seen) {
+    while !read(&early, &baseline, &mut seen, &mut all) {
         assert!(Instant::now() < deadline, "no probe request was allowed");
     }
     probe_a.revoke(&p, &cfg);
@@ -453,9 +456,15 @@ async fn broker_restart_during_load_loses_nothing() {
     wait_applied_at(h.admin_addr, &broker.bootstrap, &cfg).await;
     send(N / 2..N, PROBES / 2..PROBES);
 
+    // The verdict is read by a reader of its own, from the beginning, after
+    // the restart: what it sees is what the topic holds, not what a reader
+    // that lived through the restart happened to fetch.
+    drop(early);
+    let c = reader_at(&broker.bootstrap, &cfg.topics.decisions);
+    (seen, all) = (std::collections::HashSet::new(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(240);
     while seen.len() < N + 2 * PROBES && Instant::now() < deadline {
-        read(&|_| false, &mut seen);
+        read(&c, &|_| false, &mut seen, &mut all);
     }
     let missing: Vec<usize> = (0..N)
         .filter(|i| !seen.contains(&format!("br-{i}")))

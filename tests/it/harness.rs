@@ -164,6 +164,9 @@ fn reader_with_isolation(topic: &str, isolation: &str) -> BaseConsumer {
 fn reader_on(bootstrap: &str, topic: &str, isolation: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        // Should a fetch position ever be out of range (a broker restart),
+        // read again from the start rather than skip to the end.
+        .set("auto.offset.reset", "earliest")
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
