@@ -149,7 +149,10 @@ fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value)
         );
     };
     crate::eligibility::snapshot::remove_leftovers(path);
+    let outcome =
+        |o: &'static str| metrics::counter!(m::SNAPSHOT_LOADS_TOTAL, "outcome" => o).increment(1);
     if !path.exists() {
+        outcome("absent");
         return (
             Store::new(),
             BTreeMap::new(),
@@ -159,6 +162,7 @@ fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value)
     let started = std::time::Instant::now();
     match crate::eligibility::snapshot::load(path) {
         Ok((store, info)) => {
+            outcome("loaded");
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 records = info.records,
@@ -172,6 +176,7 @@ fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value)
             )
         }
         Err(e) => {
+            outcome("rejected");
             tracing::warn!(error = %e, "eligibility snapshot rejected; full bootstrap from the change feed");
             (
                 Store::new(),

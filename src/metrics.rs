@@ -52,6 +52,10 @@ pub const POLICY_REJECTED_TOTAL: &str = "clearance_policy_rejected_total";
 pub const POLICY_SCHEDULED_TOTAL: &str = "clearance_policy_scheduled_total";
 /// Counter: eligibility snapshots written, by `outcome` (`ok`, `error`).
 pub const SNAPSHOT_WRITES_TOTAL: &str = "clearance_snapshot_writes_total";
+/// Counter: eligibility snapshots at startup, by `outcome` (`loaded`,
+/// `rejected`: corrupted, truncated or incompatible, so a full bootstrap;
+/// `absent`).
+pub const SNAPSHOT_LOADS_TOTAL: &str = "clearance_snapshot_loads_total";
 /// Gauge: seconds the last eligibility snapshot write took.
 pub const SNAPSHOT_WRITE_SECONDS: &str = "clearance_snapshot_write_seconds";
 
@@ -137,6 +141,10 @@ fn describe() {
     describe_counter!(
         SNAPSHOT_WRITES_TOTAL,
         "Eligibility snapshots written, by outcome."
+    );
+    describe_counter!(
+        SNAPSHOT_LOADS_TOTAL,
+        "Eligibility snapshots at startup, by outcome."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

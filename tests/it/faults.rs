@@ -535,6 +535,13 @@ async fn warm_restart_from_snapshot_and_corruption_fallback() {
     wait_feed_applied(&h, &cfg).await;
     let s = engine_status(&h).await;
     assert_eq!(s["snapshot"]["status"], "rejected", "{s}");
+    let (_, metrics) = clearance::admin::get(h.admin_addr, "/metrics")
+        .await
+        .expect("GET /metrics");
+    assert!(
+        metrics.contains("clearance_snapshot_loads_total{outcome=\"rejected\"}"),
+        "the rejection is counted"
+    );
     assert!(
         s["snapshot"]["reason"]
             .as_str()
