@@ -29,6 +29,13 @@ async fn at_least_once_survives_repeated_sigkill() {
     repeated_sigkill(DeliveryMode::AtLeastOnce, "alo").await;
 }
 
+/// The load is cut into one chunk per engine life (five killed, one
+/// final). Each chunk is published only once its instance is running, and
+/// the instance is killed after a random number of decisions smaller than
+/// its chunk: so every kill lands while requests are still undecided, however
+/// fast the engine is. (An earlier version published the whole load up
+/// front; at-least-once decided it all within three lives, and the fourth
+/// instance had nothing to do.)
 async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
     let mut cfg = test_config(name);
     cfg.engine.delivery = mode;
@@ -40,22 +47,30 @@ async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
     let subjects: Vec<_> = (0..300).map(|i| loadgen::subject(name, i)).collect();
     let p = producer();
     seed(&p, &cfg, &subjects);
-    // Phase 1 goes out now; phase 2 once the probe's revocation is applied
-    // (during the second instance's life). The probe's requests are mixed
-    // into both.
-    const N: usize = 30_000;
+    const KILLS: usize = 5;
+    const CHUNK: usize = 5_000;
+    const N: usize = CHUNK * (KILLS + 1);
+    // The probe's first half goes into chunk 0, before the revocation; its
+    // second half is spread over chunks 1.., all published after the
+    // second instance reported the revocation applied.
     const PROBES: usize = 300;
+    const LATE_PROBES: usize = (PROBES / 2) / KILLS;
     let probe = RevocationProbe::new(name, PROBES / 2);
     publish_records(&p, &cfg, &[probe.record()]);
-    let phase = |range: std::ops::Range<usize>, probes: std::ops::Range<usize>| {
-        let mut b = request_batch(&subjects, name, range);
+    let chunk = |life: usize| {
+        let mut b = request_batch(&subjects, name, life * CHUNK..(life + 1) * CHUNK);
+        let probes = if life == 0 {
+            0..PROBES / 2
+        } else {
+            let from = PROBES / 2 + (life - 1) * LATE_PROBES;
+            from..(from + LATE_PROBES).min(PROBES)
+        };
         for (k, r) in probe.requests(probes).into_iter().enumerate() {
             let at = (k * 97) % b.len();
             b.insert(at, r);
         }
         b
     };
-    publish_raw(&p, &cfg.topics.requests, &phase(0..N / 2, 0..PROBES / 2));
 
     let c = committed_reader(&cfg.topics.decisions);
     let mut all = Vec::new();
@@ -67,12 +82,13 @@ async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
         }
     };
     let mut rng = rand::thread_rng();
-    for kill in 0..5 {
+    for kill in 0..KILLS {
         let (mut child, admin) = spawn_engine_with_admin(&cfg, &dir, name);
         if kill == 1 {
-            // Once one of the probe's phase-1 requests has been allowed,
+            // Once one of the probe's chunk-0 requests has been allowed,
             // revoke the probe; once this instance reports the revocation
-            // applied, send phase 2.
+            // applied, go on (the later chunks carry the probe's later
+            // requests).
             if !all.iter().any(|d| probe.allowed_before(d)) {
                 let reads = tokio::task::block_in_place(|| {
                     read_until(&c, Duration::from_secs(90), |r| {
@@ -84,36 +100,32 @@ async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
             wait_applied_at(admin, &bootstrap(), &cfg).await;
             probe.revoke(&p, &cfg);
             wait_applied_at(admin, &bootstrap(), &cfg).await;
-            publish_raw(
-                &p,
-                &cfg.topics.requests,
-                &phase(N / 2..N, PROBES / 2..PROBES),
-            );
         }
-        // Wait until this instance publishes decisions (at-least-once: some
-        // may repeat ones its killed predecessor made), then let it run a
-        // random while longer and SIGKILL it: the kill lands mid-load.
+        publish_raw(&p, &cfg.topics.requests, &chunk(kill));
+        // Kill once this instance has published a random number of
+        // decisions (at-least-once: some may repeat ones its killed
+        // predecessor made), fewer than its chunk holds.
+        let target = rng.gen_range(300..CHUNK - 300);
         let reads = tokio::task::block_in_place(|| {
-            read_until(&c, Duration::from_secs(90), |r| r.len() >= 300)
+            read_until(&c, Duration::from_secs(90), |r| r.len() >= target)
         });
-        assert!(
-            reads.len() >= 300,
-            "instance {kill} published decisions: {}",
-            reads.len()
-        );
-        absorb(reads, &mut counts, &mut all);
-        let wait = Duration::from_millis(rng.gen_range(100..1_500));
-        let reads = tokio::task::block_in_place(|| read_until(&c, wait, |_| false));
+        let got = reads.len();
         absorb(reads, &mut counts, &mut all);
         child.kill().expect("SIGKILL");
         let _ = child.wait();
+        assert!(
+            got >= target,
+            "instance {kill} published {got} decisions in 90 s, expected {target}"
+        );
         eprintln!(
-            "{name} kill {kill}: {} requests decided so far",
-            counts.len()
+            "{name} kill {kill} after {got} decisions: {} of {} requests decided so far",
+            counts.len(),
+            (kill + 1) * CHUNK + PROBES / 2 + kill * LATE_PROBES
         );
     }
     let total = N + PROBES;
     let mut child = spawn_engine(&cfg, &dir, name);
+    publish_raw(&p, &cfg.topics.requests, &chunk(KILLS));
     let deadline = Instant::now() + Duration::from_secs(240);
     while counts.len() < total && Instant::now() < deadline {
         let reads =
