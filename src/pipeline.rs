@@ -117,6 +117,11 @@ pub enum SendError {
     /// The producer refused the record for a reason other than a full queue.
     #[error("producer refused the record: {0}")]
     Refused(KafkaError),
+    /// The record could not be encoded as JSON. Not retryable: the same
+    /// input would fail again, so the worker stops and the offset is not
+    /// stored (a restart decides the request again).
+    #[error("could not encode the record: {0}")]
+    Encode(String),
 }
 
 /// Enqueue a record; a full queue is backpressure: wait and retry.
@@ -352,7 +357,7 @@ impl DeadLetterSink {
         metrics::counter!(m::DEADLETTERS_TOTAL, "source" => src, "error" => error.kind())
             .increment(1);
         let dl = self.record(error, origin, payload, salvage_request_id(payload));
-        let body = serde_json::to_vec(&dl).unwrap_or_default();
+        let body = serde_json::to_vec(&dl).map_err(|e| SendError::Encode(e.to_string()))?;
         let dl_key = format!("{topic}/{partition}/{offset}");
         let rec = BaseRecord::with_opaque_to(
             &self.topic,
@@ -426,6 +431,10 @@ pub enum PipelineError {
     /// Exactly-once: a transactional call failed fatally (e.g. fenced).
     #[error("transaction failed: {0}")]
     Transaction(String),
+    /// A decision or dead letter could not be encoded; its offset was not
+    /// stored or committed.
+    #[error("could not encode an output record: {0}")]
+    Encode(String),
 }
 
 struct WorkerContext {
@@ -592,6 +601,7 @@ fn send_failure(e: SendError) -> Option<PipelineError> {
     match e {
         SendError::Shutdown => None,
         SendError::Refused(e) => Some(PipelineError::Delivery(e.to_string())),
+        SendError::Encode(e) => Some(PipelineError::Encode(e)),
     }
 }
 
@@ -760,6 +770,10 @@ fn run_exactly_once(
         let commit = match failed {
             Some(SendError::Shutdown) => Err(TxnFailure::Abort(KafkaError::Canceled)),
             Some(SendError::Refused(e)) => Err(TxnFailure::Fatal(e)),
+            Some(SendError::Encode(e)) => {
+                let _ = producer.abort_transaction(timeout);
+                return Err(PipelineError::Encode(e));
+            }
             None => commit_batch(&producer, consumer, topic, &span, timeout),
         };
         match commit {
@@ -962,7 +976,7 @@ fn publish_decision(
     offset: i64,
     shutdown: &CancellationToken,
 ) -> Result<(), SendError> {
-    let body = serde_json::to_vec(decision).unwrap_or_default();
+    let body = serde_json::to_vec(decision).map_err(|e| SendError::Encode(e.to_string()))?;
     let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.decisions, out.ack(partition, offset))
         .key(decision.request_id.as_bytes())
         .payload(body.as_slice());
