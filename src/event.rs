@@ -10,6 +10,8 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::shape::{objects, opt_object, MapOnly, ObjectOnly};
 use time::OffsetDateTime;
 
 /// An ISO 3166-1 alpha-2 country code, upper case (`"US"`, `"CN"`).
@@ -555,57 +557,9 @@ impl DecodeError {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Objects only
-// ---------------------------------------------------------------------------
-//
-// serde's derived `Deserialize` also accepts a struct written as a JSON
-// array of its field values in declaration order (`["r-1", "2026-…", …]`).
-// The schemas say objects, and a positional form would slip past every tool
-// that reads fields by name (the dead-letter salvage path, for one), so
-// every document and every nested object is read through [`ObjectOnly`],
-// which accepts a JSON object and nothing else.
-
-/// A `T` that must be written as a JSON object.
-struct ObjectOnly<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-            .map(ObjectOnly)
-    }
-}
-
-/// `deserialize_with` for an optional nested object.
-fn opt_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<ObjectOnly<T>>::deserialize(d)?.map(|o| o.0))
-}
-
-/// `deserialize_with` for a list of nested objects.
-fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Vec::<ObjectOnly<T>>::deserialize(d)?
-        .into_iter()
-        .map(|o| o.0)
-        .collect())
-}
+// Every document and every nested object is read through
+// [`crate::shape::ObjectOnly`], which refuses serde's positional (array)
+// form of a struct.
 
 fn classify(e: serde_json::Error) -> DecodeError {
     use serde_json::error::Category;
@@ -634,8 +588,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<AccessRequest, DecodeError> {
         return Err(DecodeError::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
-    let ObjectOnly(req): ObjectOnly<AccessRequest> =
-        serde_json::from_str(text).map_err(classify)?;
+    let MapOnly(req): ObjectOnly<AccessRequest> = serde_json::from_str(text).map_err(classify)?;
     if req.request_id.is_empty() {
         return Err(DecodeError::InvalidField {
             field: "request_id",
@@ -701,7 +654,7 @@ pub fn decode_eligibility(key: &[u8], bytes: &[u8]) -> Result<EligibilityRecord,
         return Err(DecodeError::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
-    let ObjectOnly(rec): ObjectOnly<EligibilityRecord> =
+    let MapOnly(rec): ObjectOnly<EligibilityRecord> =
         serde_json::from_str(text).map_err(classify)?;
     let expected = rec.key();
     if key != expected.as_bytes() {

@@ -23,6 +23,8 @@
 //! - [`rollout`]: policy publishing, and the watcher that swaps a newly
 //!   published policy in (or schedules, or rejects it).
 //! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
+//! - `shape` (private): objects and tables are read only from maps, never
+//!   from serde's positional form.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
 #![warn(missing_docs)]
@@ -40,3 +42,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod rollout;
+mod shape;

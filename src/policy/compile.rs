@@ -323,9 +323,9 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
         .map(|(i, _)| i)
         .collect();
     Ok(CompiledPolicy {
-        id: raw.policy.id.into_inner(),
-        version: raw.policy.version.into_inner(),
-        data_version: raw.data.version.into_inner(),
+        id: raw.policy.0.id.into_inner(),
+        version: raw.policy.0.version.into_inner(),
+        data_version: raw.data.0.version.into_inner(),
         source: file.to_string(),
         effective_from,
         settings,
@@ -431,7 +431,7 @@ fn params_of(kind: &str) -> &'static [&'static str] {
 fn compile_rule(
     cx: &mut Ctx<'_>,
     i: usize,
-    r: &Spanned<RawRule>,
+    r: &Spanned<crate::shape::TableOnly<RawRule>>,
     tags: &BTreeSet<&str>,
     sets: &BTreeMap<String, CountrySet>,
     regions: &BTreeMap<String, Region>,

@@ -1,11 +1,14 @@
 //! The policy file as written: serde structures with source spans. Nothing
 //! here is validated; [`super::compile`] turns it into a
-//! [`super::CompiledPolicy`].
+//! [`super::CompiledPolicy`]. Every table is read through [`TableOnly`], so
+//! a table written as an array of its values is refused.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::shape::TableOnly;
 
 /// A string with its byte span in the source.
 pub(crate) type S = Spanned<String>;
@@ -17,20 +20,20 @@ pub(crate) struct RawPolicy {
     /// Top-level `effective_from` (RFC 3339, a string or a TOML datetime).
     #[serde(default)]
     pub effective_from: Option<Spanned<toml::Value>>,
-    pub policy: RawHeader,
-    pub data: RawData,
+    pub policy: TableOnly<RawHeader>,
+    pub data: TableOnly<RawData>,
     #[serde(default)]
-    pub settings: Option<Spanned<RawSettings>>,
+    pub settings: Option<Spanned<TableOnly<RawSettings>>>,
     #[serde(default)]
     pub tags: BTreeMap<S, String>,
     #[serde(default)]
-    pub models: BTreeMap<S, Spanned<RawModel>>,
+    pub models: BTreeMap<S, Spanned<TableOnly<RawModel>>>,
     #[serde(default)]
-    pub sets: BTreeMap<S, Spanned<RawSet>>,
+    pub sets: BTreeMap<S, Spanned<TableOnly<RawSet>>>,
     #[serde(default)]
-    pub regions: BTreeMap<S, Spanned<RawRegion>>,
+    pub regions: BTreeMap<S, Spanned<TableOnly<RawRegion>>>,
     #[serde(default)]
-    pub rules: Vec<Spanned<RawRule>>,
+    pub rules: Vec<Spanned<TableOnly<RawRule>>>,
 }
 
 /// `[policy]`.

@@ -26,7 +26,7 @@ struct RawTests {
     #[serde(default)]
     organizations: BTreeMap<String, Table>,
     #[serde(default, rename = "case")]
-    cases: Vec<Spanned<RawCase>>,
+    cases: Vec<Spanned<crate::shape::TableOnly<RawCase>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -278,6 +278,37 @@ country = "XX"
     }
 }
 
+/// serde's derived structs also read the positional (array) form; the
+/// policy file's tables must be tables.
+#[test]
+fn tables_written_as_arrays_are_refused_with_their_line() {
+    for (from, to, line) in [
+        ("m = { tags = [\"t\"] }", "m = [[\"t\"]]", "m = [[\"t\"]]"),
+        (
+            "[policy]\nid = \"mini\"\nversion = \"1\"",
+            "policy = [\"mini\", \"1\"]",
+            "policy = [\"mini\", \"1\"]",
+        ),
+        (
+            "[sets.a]\ncountries = [\"CN\"]",
+            "[sets]\na = [[\"CN\"]]",
+            "a = [[\"CN\"]]",
+        ),
+    ] {
+        assert!(MINI.contains(from), "{from}");
+        let text = MINI.replace(from, to);
+        match CompiledPolicy::from_toml_str(&text, "p.toml") {
+            Err(PolicyError::Parse {
+                line: l, message, ..
+            }) => {
+                assert_eq!(text.lines().nth(l - 1), Some(line), "{message}");
+                assert!(message.contains("expected a table"), "{message}");
+            }
+            other => panic!("{to}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn parse_errors_carry_line_and_column() {
     let text = MINI.replace(
