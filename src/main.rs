@@ -2,6 +2,7 @@
 //! calls into the library. All logic lives in the `clearance` crate.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -218,8 +219,37 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Errors are printed as one chain (`error: outer: inner`), without a
+/// backtrace even under `RUST_BACKTRACE=1`: they report bad input or an
+/// unreachable broker, not a bug. Panics still print theirs.
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    match cli_main().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: most library
+/// errors already quote their source in their message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+async fn cli_main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {

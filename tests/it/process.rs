@@ -114,15 +114,17 @@ fn bad_config_reports_every_field() {
 fn missing_config_file_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
         .args(["run", "--config", "/nonexistent/clearance.toml"])
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot read config file /nonexistent/clearance.toml"),
+        err.contains("error: cannot read config file /nonexistent/clearance.toml"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("backtrace"), "a user error, not a bug: {err}");
 }
 
 /// The demo (README's first command) runs end to end on its zero-setup
