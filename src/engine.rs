@@ -354,23 +354,39 @@ async fn supervise(
     feed_stop: &CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), EngineError> {
-    // Wait for the feed to catch up: no decision before that.
+    // Wait for the feed to catch up: no decision before that. Every way out
+    // of this wait stops the feed and the policy watcher and waits for them:
+    // the engine never returns while the feed thread is still running (it
+    // writes the final snapshot on its way out).
     let catchup = shared.cfg.engine.feed_catchup_timeout_secs;
     let started = tokio::time::Instant::now();
     while !state.is_ready() {
-        if catchup > 0 && started.elapsed() > Duration::from_secs(catchup) {
-            return Err(EngineError::CatchupTimeout(catchup));
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = &mut feed_task => return Err(feed_exit(r)),
-            r = &mut policy_task => return Err(match r {
-                Ok(Ok(())) => EngineError::Task("policy watcher stopped".into()),
-                Ok(Err(e)) => EngineError::Rollout(e),
-                Err(e) => EngineError::Task(e.to_string()),
-            }),
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
+        let early = if catchup > 0 && started.elapsed() > Duration::from_secs(catchup) {
+            Err(EngineError::CatchupTimeout(catchup))
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                r = &mut feed_task => {
+                    feed_stop.cancel();
+                    let _ = policy_task.await;
+                    return Err(feed_exit(r));
+                }
+                r = &mut policy_task => {
+                    feed_stop.cancel();
+                    let _ = feed_task.await;
+                    return Err(match r {
+                        Ok(Ok(())) => EngineError::Task("policy watcher stopped".into()),
+                        Ok(Err(e)) => EngineError::Rollout(e),
+                        Err(e) => EngineError::Task(e.to_string()),
+                    });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+            }
+        };
+        feed_stop.cancel();
+        let _ = feed_task.await;
+        let _ = policy_task.await;
+        return early;
     }
 
     let mut workers = Vec::new();

@@ -496,6 +496,56 @@ async fn broker_restart_during_load_loses_nothing() {
     stop_engine(h, stop).await;
 }
 
+/// An engine stopped before it is ready still stops its change feed before
+/// it returns, and the feed writes its snapshot on the way out. Here the
+/// feed reads a reachable broker while the policy topic's broker is
+/// unreachable, so the engine stays not ready. (CI once saw the snapshot
+/// missing right after a stop: the engine had returned from its catch-up
+/// wait without waiting for the feed thread.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_before_ready_waits_for_the_feed_and_its_snapshot() {
+    let mut cfg = test_config("early-stop");
+    create_topics(&cfg).await;
+    let p = producer();
+    let subjects: Vec<_> = (0..50).map(|i| loadgen::subject("es", i)).collect();
+    seed(&p, &cfg, &subjects);
+    let dir = std::env::temp_dir().join(unique("clearance-early-stop"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("eligibility.snap");
+    cfg.engine.snapshot_path = Some(snap.clone());
+    cfg.kafka.feed_bootstrap_servers = Some(bootstrap());
+    cfg.kafka.bootstrap_servers = "127.0.0.1:1".into(); // nothing listens
+    cfg.topics.create_missing = false;
+
+    let (h, stop) = start_engine(&cfg).await;
+    // The feed catches up (every partition), the engine does not.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = engine_status(&h).await;
+        let caught = s["feed"]["caught_up"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.values().all(|c| c == true));
+        if caught {
+            let users = subjects.iter().filter(|s| s.record.is_some()).count();
+            assert_eq!(s["eligibility"]["users"], users, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the feed did not catch up: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) = clearance::admin::get(h.admin_addr, "/readyz")
+        .await
+        .expect("GET /readyz");
+    assert_eq!(code, 503, "the policy topic is unreachable: not ready");
+    assert!(!snap.exists(), "no snapshot before the stop");
+    stop_engine(h, stop).await;
+    assert!(
+        snap.exists(),
+        "the feed wrote its snapshot before the engine returned"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Warm restart: the engine snapshots its eligibility cache, a restarted
 /// engine loads it and catches up from the snapshot's positions (it does
 /// not replay the feed), and a corrupted snapshot is rejected in favour of
