@@ -104,11 +104,30 @@ impl Drop for StopGuard {
 
 /// Start an in-process engine.
 pub async fn start_engine(cfg: &Config) -> (EngineHandle, StopGuard) {
+    init_test_logging();
     let stop = CancellationToken::new();
     let h = engine::start(cfg.clone(), stop.clone())
         .await
         .expect("engine starts");
     (h, StopGuard(stop))
+}
+
+/// In-process engines log into the test's captured output, which libtest
+/// prints when the test fails: a failure comes with the engine's side of
+/// the story. `CLEARANCE_TEST_LOG` overrides the filter (default
+/// `clearance=info`; librdkafka's own threads are not captured, so its
+/// logs stay off).
+pub fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter =
+            std::env::var("CLEARANCE_TEST_LOG").unwrap_or_else(|_| "clearance=info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
 }
 
 /// Stop an in-process engine and check it stopped cleanly.
