@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::shape::{objects, opt_object, MapOnly, ObjectOnly};
-use time::OffsetDateTime;
 
 /// An ISO 3166-1 alpha-2 country code, upper case (`"US"`, `"CN"`).
 pub type CountryCode = String;
