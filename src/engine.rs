@@ -136,28 +136,26 @@ fn instance_id(cfg: &Config) -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// What a start without a usable snapshot gets: an empty store, the feed
+/// from its beginning, and `status` to report.
+fn full_bootstrap(status: serde_json::Value) -> (Store, BTreeMap<i32, i64>, serde_json::Value) {
+    (Store::new(), BTreeMap::new(), status)
+}
+
 /// Load the eligibility snapshot, if one is configured and valid: the store,
 /// the positions to resume the change feed from, and what to report. A bad
 /// snapshot is rejected with a log line; the store is empty and the feed
 /// replays from the beginning (full bootstrap). Blocking.
 fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value) {
     let Some(path) = &cfg.engine.snapshot_path else {
-        return (
-            Store::new(),
-            BTreeMap::new(),
-            serde_json::json!({ "status": "none" }),
-        );
+        return full_bootstrap(serde_json::json!({ "status": "none" }));
     };
     crate::eligibility::snapshot::remove_leftovers(path);
     let outcome =
         |o: &'static str| metrics::counter!(m::SNAPSHOT_LOADS_TOTAL, "outcome" => o).increment(1);
     if !path.exists() {
         outcome("absent");
-        return (
-            Store::new(),
-            BTreeMap::new(),
-            serde_json::json!({ "status": "absent", "path": path }),
-        );
+        return full_bootstrap(serde_json::json!({ "status": "absent", "path": path }));
     }
     let started = std::time::Instant::now();
     match crate::eligibility::snapshot::load(path) {
@@ -178,11 +176,7 @@ fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value)
         Err(e) => {
             outcome("rejected");
             tracing::warn!(error = %e, "eligibility snapshot rejected; full bootstrap from the change feed");
-            (
-                Store::new(),
-                BTreeMap::new(),
-                serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
-            )
+            full_bootstrap(serde_json::json!({ "status": "rejected", "reason": e.to_string() }))
         }
     }
 }
@@ -248,11 +242,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "eligibility snapshot: the loading task failed; full bootstrap");
-                (
-                    Store::new(),
-                    BTreeMap::new(),
-                    serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
-                )
+                full_bootstrap(serde_json::json!({ "status": "rejected", "reason": e.to_string() }))
             })
     };
     let store = Arc::new(store);
