@@ -275,23 +275,46 @@ DEFS["UserRecord"] = obj(
     ],
 )
 
+DEFS["OwnerKind"] = {
+    "schema": {
+        "type": "string",
+        "description": "What kind of party an owner is: organization (its own record, "
+        "organization:<id>, is followed when the store has it, and a missing record is "
+        "missing data) or person (never looked up).",
+        "enum": ["organization", "person"],
+    },
+    "deps": [],
+}
+
 DEFS["Owner"] = obj(
-    "An owner of an organization, with its share.",
+    "A direct owner of an organization, with its share.",
     {
-        "id": desc("Owner id (an organization or a person).", STRING),
+        "id": desc(
+            "Owner id: an organization id (the key of its own record) or a person.", STRING
+        ),
+        "kind": nullable(
+            desc(
+                "Organization or person. When absent, the owner is followed if the store "
+                "has an organization record with this id, and otherwise judged by "
+                "headquarters alone.",
+                ref("OwnerKind"),
+            )
+        ),
         "headquarters": nullable(
             desc(
-                "Where the owner is headquartered (or of which country a person is).",
+                "Where the owner is headquartered (or of which country a person is). The "
+                "owner's own record, when followed, takes precedence.",
                 ref("CountryCode"),
             )
         ),
         "percent": desc(
-            "Share of ownership, in percent (0-100), direct plus indirect.",
+            "Direct share of ownership, in percent (0-100). Indirect ownership is computed "
+            "by following owner records (OFAC's 50% rule), not entered here.",
             {"type": "number", "minimum": 0, "maximum": 100},
         ),
     },
     ["id", "percent"],
-    deps=["CountryCode"],
+    deps=["CountryCode", "OwnerKind"],
 )
 
 DEFS["ScreeningStatus"] = {
@@ -341,10 +364,17 @@ DEFS["Authorization"] = obj(
             "Relationships it covers (empty: any).",
             {"type": "array", "items": ref("Relationship"), "default": []},
         ),
-        "valid_from": nullable(desc("First day of validity (YYYY-MM-DD, inclusive).", ref("Date"))),
-        "valid_until": nullable(desc("Last day of validity (YYYY-MM-DD, inclusive).", ref("Date"))),
+        "valid_from": desc(
+            "First day of validity (YYYY-MM-DD, inclusive). Required: a record with a "
+            "missing or unreadable date is dead-lettered.",
+            ref("Date"),
+        ),
+        "valid_until": desc(
+            "Last day of validity (YYYY-MM-DD, inclusive, not before valid_from). Required.",
+            ref("Date"),
+        ),
     },
-    ["id"],
+    ["id", "valid_from", "valid_until"],
     deps=["CountryCode", "Relationship", "Date"],
 )
 
@@ -424,6 +454,11 @@ DEFS["Versions"] = obj(
         "organization": nullable(
             desc("The organization record used, if there was one.", ref("RecordVersion"))
         ),
+        "owners": desc(
+            "The owner organizations' records followed for ownership (the chain above "
+            "organization), in the order they were read. Absent when none.",
+            {"type": "array", "items": ref("RecordVersion"), "default": []},
+        ),
     },
     ["policy_id", "policy_version", "data_version"],
     deps=["RecordVersion"],
@@ -439,6 +474,11 @@ DEFS["DecisionInputs"] = obj(
         ),
         "organization": nullable(
             desc("The organization's eligibility record at decision time.", ref("OrgRecord"))
+        ),
+        "owners": desc(
+            "The owner organizations' records followed for ownership, as in "
+            "versions.owners: replay decides from these alone. Absent when none.",
+            {"type": "array", "items": ref("OrgRecord"), "default": []},
         ),
     },
     ["request"],

@@ -21,14 +21,16 @@
 //!    (`unrestricted_model`) when `default_allow_untagged` is set, and
 //!    anything else is denied (`no_allow_rule`).
 
+use std::sync::Arc;
+
 use time::{Date, OffsetDateTime, UtcOffset};
 
 use crate::event::{
-    AccessRequest, Geolocation, OrgRecord, Outcome, RecordVersion, ResidencyStatus, UserRecord,
-    VerificationStatus, Versions,
+    AccessRequest, Geolocation, OrgRecord, Outcome, Owner, OwnerKind, RecordVersion,
+    ResidencyStatus, UserRecord, VerificationStatus, Versions,
 };
 use crate::policy::{
-    CompiledPolicy, Effect, NationalityMode, OnMissing, Region, Rule, RuleKind, Scope,
+    CompiledPolicy, CountrySet, Effect, NationalityMode, OnMissing, Region, Rule, RuleKind, Scope,
 };
 
 /// Stable reason codes (lower snake case). They are bounded metric labels
@@ -53,6 +55,10 @@ pub mod reason {
     pub const STALE_DATA: &str = "stale_data";
     /// Deny: the request comes from a sanctioned country or region.
     pub const SANCTIONED_LOCATION: &str = "sanctioned_location";
+    /// Deny: the request comes from a subdivision only partly inside a
+    /// sanctioned region, and no usable postal code says which part (fail
+    /// closed; for every model the `location_in` rule covers).
+    pub const REGION_UNDETERMINED: &str = "region_undetermined";
     /// Deny: the subject's access was revoked.
     pub const SUBJECT_REVOKED: &str = "subject_revoked";
     /// Deny: the organization is a confirmed listed party.
@@ -67,8 +73,10 @@ pub mod reason {
     /// Deny: restricted-jurisdiction owners hold, summed, at least the
     /// threshold (50% rule).
     pub const RESTRICTED_OWNERSHIP: &str = "restricted_ownership";
-    /// Deny: owners without a known headquarters could bring the
-    /// restricted share to the threshold (fail closed).
+    /// Deny: owners that cannot be judged (no known headquarters, an owner
+    /// organization without a record, a chain deeper than the rule
+    /// follows) could bring the restricted share to the threshold (fail
+    /// closed).
     pub const OWNERSHIP_UNKNOWN: &str = "ownership_unknown";
     /// Deny: an unresolved potential restricted-party match (with the
     /// `manual_review` obligation; `rule_ids` name the list as `list:<name>`).
@@ -105,6 +113,7 @@ pub mod reason {
         UNKNOWN_MODEL,
         STALE_DATA,
         SANCTIONED_LOCATION,
+        REGION_UNDETERMINED,
         SUBJECT_REVOKED,
         LISTED_PARTY_CONFIRMED,
         UNKNOWN_SUBJECT,
@@ -155,8 +164,46 @@ pub mod builtin {
     pub const DEFAULT_ALLOW_UNTAGGED: &str = "setting:default_allow_untagged";
 }
 
-/// The eligibility snapshot a decision is made from.
+/// Where [`decide`] finds the records of owner organizations when an
+/// ownership rule follows a chain (OFAC's 50% rule). The store implements
+/// it for the pipeline; a slice of records (a decision's recorded
+/// `inputs.owners`) implements it for replay.
+pub trait OrgLookup: std::fmt::Debug {
+    /// The record of organization `id`, if there is one.
+    fn organization(&self, id: &str) -> Option<Arc<OrgRecord>>;
+}
+
+/// No owner records: nothing is followed (an owner organization declared
+/// as such counts as missing data).
 #[derive(Debug, Clone, Copy, Default)]
+pub struct NoOrgs;
+
+impl OrgLookup for NoOrgs {
+    fn organization(&self, _id: &str) -> Option<Arc<OrgRecord>> {
+        None
+    }
+}
+
+impl OrgLookup for [Arc<OrgRecord>] {
+    fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
+        self.iter().find(|o| o.id == id).cloned()
+    }
+}
+
+impl OrgLookup for Vec<Arc<OrgRecord>> {
+    fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
+        self.as_slice().organization(id)
+    }
+}
+
+impl OrgLookup for std::collections::BTreeMap<String, Arc<OrgRecord>> {
+    fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
+        self.get(id).cloned()
+    }
+}
+
+/// The eligibility snapshot a decision is made from.
+#[derive(Debug, Clone, Copy)]
 pub struct Eligibility<'a> {
     /// The subject's record, if the store has one.
     pub subject: Option<&'a UserRecord>,
@@ -166,6 +213,19 @@ pub struct Eligibility<'a> {
     /// The engine's eligibility data is older than its staleness bound:
     /// controlled models are denied (`stale_data`), untagged ones served.
     pub data_stale: bool,
+    /// Owner organizations' records, followed by ownership rules.
+    pub owners: &'a dyn OrgLookup,
+}
+
+impl Default for Eligibility<'_> {
+    fn default() -> Self {
+        Eligibility {
+            subject: None,
+            organization: None,
+            data_stale: false,
+            owners: &NoOrgs,
+        }
+    }
 }
 
 /// The pure part of a decision.
@@ -185,12 +245,18 @@ pub struct Verdict {
     pub obligations: Vec<&'static str>,
     /// Versions of the policy, its data and the records used.
     pub versions: Versions,
+    /// The owner organizations' records an ownership rule followed (their
+    /// versions are in `versions.owners`): part of the decision's inputs.
+    pub owner_records: Vec<Arc<OrgRecord>>,
 }
 
 /// Result of evaluating one rule.
 enum Eval {
     /// The predicate holds: the rule fires.
     Fire,
+    /// The rule fires with another reason than its kind's (a location
+    /// that cannot be placed: `region_undetermined`).
+    FireWith(&'static str),
     /// It does not hold.
     Pass,
     /// The data it needs is missing; the reason code to deny with.
@@ -223,6 +289,7 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
             id: o.id.clone(),
             version: o.version,
         }),
+        owners: Vec::new(),
     };
     let model = policy.model(&req.model);
     let (rule_idx, model_tags): (&[usize], &[String]) = match model {
@@ -265,6 +332,13 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
                 fired: true,
                 citations,
             }),
+            (Eval::FireWith(r), Effect::Deny) => denies.push(Deny {
+                reason: r,
+                rule: Some(rule),
+                builtin_id: "",
+                fired: true,
+                citations,
+            }),
             (Eval::Missing(r), Effect::Deny) if rule.on_missing == OnMissing::Deny => {
                 denies.push(Deny {
                     reason: r,
@@ -274,7 +348,7 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
                     citations,
                 })
             }
-            (Eval::Fire, Effect::Allow) => allows.push(rule),
+            (Eval::Fire | Eval::FireWith(_), Effect::Allow) => allows.push(rule),
             _ => {}
         }
     }
@@ -309,6 +383,15 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
         kept.push(d);
     }
 
+    let owner_records = cx.followed.into_inner();
+    let mut versions = versions;
+    versions.owners = owner_records
+        .iter()
+        .map(|o| RecordVersion {
+            id: o.id.clone(),
+            version: o.version,
+        })
+        .collect();
     let mut v = Verdict {
         outcome: Outcome::Deny,
         reasons: Vec::new(),
@@ -316,6 +399,7 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
         legal_basis: Vec::new(),
         obligations: Vec::new(),
         versions,
+        owner_records,
     };
     if !kept.is_empty() {
         for d in kept {
@@ -376,24 +460,10 @@ fn push_unique_string(v: &mut Vec<String>, s: &str) {
     }
 }
 
-/// Parse a `YYYY-MM-DD` date (surrounding spaces allowed); `None` if it is
-/// anything else or not a real calendar date.
-pub fn parse_date(s: &str) -> Option<Date> {
-    let b = s.trim().as_bytes();
-    let num = |r: &[u8]| {
-        r.iter().try_fold(0u16, |acc, &d| {
-            d.is_ascii_digit().then(|| acc * 10 + u16::from(d - b'0'))
-        })
-    };
-    match b {
-        [y @ .., b'-', m1, m2, b'-', d1, d2] if y.len() == 4 => {
-            let month = time::Month::try_from(u8::try_from(num(&[*m1, *m2])?).ok()?).ok()?;
-            let day = u8::try_from(num(&[*d1, *d2])?).ok()?;
-            Date::from_calendar_date(i32::from(num(y)?), month, day).ok()
-        }
-        _ => None,
-    }
-}
+pub use crate::event::parse_date;
+
+/// At most this many owner records are followed for one decision.
+pub const MAX_OWNERSHIP_NODES: usize = 256;
 
 /// The UTC calendar date of an instant, if representable.
 fn utc_date(t: OffsetDateTime) -> Option<Date> {
@@ -487,6 +557,10 @@ struct Cx<'a> {
     org_id: Option<&'a str>,
     req: &'a AccessRequest,
     countries: std::cell::OnceCell<Vec<Candidate>>,
+    /// Owner organizations' records.
+    owners: &'a dyn OrgLookup,
+    /// The owner records followed so far (evidence), without duplicates.
+    followed: std::cell::RefCell<Vec<Arc<OrgRecord>>>,
 }
 
 impl<'a> Cx<'a> {
@@ -503,6 +577,8 @@ impl<'a> Cx<'a> {
             org_id,
             req,
             countries: std::cell::OnceCell::new(),
+            owners: elig.owners,
+            followed: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -579,34 +655,11 @@ impl<'a> Cx<'a> {
             RuleKind::OwnershipIn {
                 set,
                 threshold_percent,
+                max_depth,
             } => match self.org() {
                 Err(r) => Eval::Missing(r),
                 Ok(None) => Eval::Pass,
-                Ok(Some(o)) => {
-                    let (mut restricted, mut unknown) = (0.0_f64, 0.0_f64);
-                    for owner in &o.owners {
-                        let p = if owner.percent.is_finite() {
-                            owner.percent.clamp(0.0, 100.0)
-                        } else {
-                            0.0
-                        };
-                        match owner.headquarters.as_deref().map(str::trim) {
-                            Some(hq) if hq.len() == 2 => {
-                                if set.contains(hq) {
-                                    restricted += p;
-                                }
-                            }
-                            _ => unknown += p,
-                        }
-                    }
-                    if restricted >= *threshold_percent {
-                        Eval::Fire
-                    } else if restricted + unknown >= *threshold_percent {
-                        Eval::Missing(reason::OWNERSHIP_UNKNOWN)
-                    } else {
-                        Eval::Pass
-                    }
-                }
+                Ok(Some(o)) => self.ownership(o, set, *threshold_percent, *max_depth, citations),
             },
             RuleKind::ListedParty { status, lists } => match self.org() {
                 Err(r) => Eval::Missing(r),
@@ -627,6 +680,169 @@ impl<'a> Cx<'a> {
                 }
             },
         }
+    }
+
+    /// OFAC's 50% rule over the ownership graph above `root`: owner
+    /// organizations with records are followed (breadth first, at most
+    /// `max_depth` levels and [`MAX_OWNERSHIP_NODES`] records, each once,
+    /// so cycles end), and every record followed is kept as evidence.
+    ///
+    /// An organization other than `root` is restricted when its
+    /// headquarters is in `set`, or when restricted parties own at least
+    /// `threshold` percent of it, summed; a restricted owner's share counts
+    /// in full. That is a least fixpoint, computed twice: once with every
+    /// owner that cannot be judged counted as clear, once as restricted.
+    /// Restricted in the first: `Fire`; only in the second:
+    /// `ownership_unknown`; in neither: `Pass`.
+    fn ownership(
+        &self,
+        root: &OrgRecord,
+        set: &CountrySet,
+        threshold: f64,
+        max_depth: u32,
+        citations: &mut Vec<String>,
+    ) -> Eval {
+        if root.owners.is_empty() {
+            return Eval::Pass;
+        }
+        /// What an owner that is not followed is.
+        #[derive(Clone, Copy, PartialEq)]
+        enum Leaf {
+            Restricted,
+            Clear,
+            Unknown,
+        }
+        let judge = |hq: Option<&str>| match hq.map(str::trim) {
+            Some(c) if c.len() == 2 => {
+                if set.contains(c) {
+                    Leaf::Restricted
+                } else {
+                    Leaf::Clear
+                }
+            }
+            _ => Leaf::Unknown,
+        };
+        let share = |o: &Owner| {
+            if o.percent.is_finite() {
+                o.percent.clamp(0.0, 100.0)
+            } else {
+                0.0
+            }
+        };
+        // Node 0 is `root`; node i > 0 is the owner record records[i - 1].
+        let mut records: Vec<Arc<OrgRecord>> = Vec::new();
+        let mut own: Vec<Leaf> = vec![Leaf::Clear];
+        let mut edges: Vec<Vec<(Result<usize, Leaf>, f64)>> = vec![Vec::new()];
+        let mut queue = std::collections::VecDeque::from([(0usize, 0u32)]);
+        while let Some((i, depth)) = queue.pop_front() {
+            let node = (i > 0).then(|| Arc::clone(&records[i - 1]));
+            let node_owners = node.as_ref().map_or(&root.owners, |r| &r.owners);
+            let mut out = Vec::with_capacity(node_owners.len());
+            for owner in node_owners {
+                let p = share(owner);
+                let hq = owner.headquarters.as_deref();
+                if owner.kind == Some(OwnerKind::Person) {
+                    out.push((Err(judge(hq)), p));
+                    continue;
+                }
+                let known = if owner.id == root.id {
+                    Some(0)
+                } else {
+                    records.iter().position(|r| r.id == owner.id).map(|j| j + 1)
+                };
+                if let Some(j) = known {
+                    out.push((Ok(j), p));
+                    continue;
+                }
+                if depth >= max_depth || records.len() >= MAX_OWNERSHIP_NODES {
+                    // Not followed: only a restricted headquarters is known.
+                    let leaf = match judge(hq) {
+                        Leaf::Restricted => Leaf::Restricted,
+                        _ => Leaf::Unknown,
+                    };
+                    out.push((Err(leaf), p));
+                    continue;
+                }
+                match self.owners.organization(&owner.id) {
+                    Some(rec) => {
+                        let leaf = judge(rec.headquarters.as_deref().or(hq));
+                        records.push(rec);
+                        own.push(leaf);
+                        edges.push(Vec::new());
+                        queue.push_back((records.len(), depth + 1));
+                        out.push((Ok(records.len()), p));
+                    }
+                    None if owner.kind == Some(OwnerKind::Organization) => {
+                        // A declared organization without a record: missing
+                        // data, unless its headquarters alone restricts it.
+                        let leaf = match judge(hq) {
+                            Leaf::Restricted => Leaf::Restricted,
+                            _ => Leaf::Unknown,
+                        };
+                        out.push((Err(leaf), p));
+                    }
+                    None => out.push((Err(judge(hq)), p)),
+                }
+            }
+            edges[i] = out;
+        }
+        let solve = |unknown_restricted: bool| -> Vec<bool> {
+            let counts =
+                |l: Leaf| l == Leaf::Restricted || (unknown_restricted && l == Leaf::Unknown);
+            let mut r: Vec<bool> = own
+                .iter()
+                .enumerate()
+                .map(|(i, l)| i > 0 && counts(*l))
+                .collect();
+            loop {
+                let mut changed = false;
+                for i in 0..r.len() {
+                    if r[i] {
+                        continue;
+                    }
+                    let sum: f64 = edges[i]
+                        .iter()
+                        .map(|(e, p)| match e {
+                            Ok(j) if r[*j] => *p,
+                            Err(l) if counts(*l) => *p,
+                            _ => 0.0,
+                        })
+                        .sum();
+                    if sum >= threshold {
+                        r[i] = true;
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    return r;
+                }
+            }
+        };
+        let low = solve(false);
+        let verdict = if low[0] {
+            for ((e, _), owner) in edges[0].iter().zip(&root.owners) {
+                let counted = match e {
+                    Ok(j) => low[*j],
+                    Err(l) => *l == Leaf::Restricted,
+                };
+                let c = format!("owner:{}", owner.id);
+                if counted && !citations.contains(&c) {
+                    citations.push(c);
+                }
+            }
+            Eval::Fire
+        } else if solve(true)[0] {
+            Eval::Missing(reason::OWNERSHIP_UNKNOWN)
+        } else {
+            Eval::Pass
+        };
+        let mut followed = self.followed.borrow_mut();
+        for r in records {
+            if !followed.iter().any(|f| f.id == r.id) {
+                followed.push(r);
+            }
+        }
+        verdict
     }
 
     fn verification_current(&self, s: &UserRecord, max_age_days: Option<u32>) -> bool {
@@ -737,35 +953,50 @@ fn location_verifiable(geo: Option<&Geolocation>, min_confidence: f64) -> bool {
         && g.confidence.is_some_and(|c| c >= min_confidence)
 }
 
-/// Whether a postal code starts with `prefix`, ignoring spaces, dashes and
-/// case.
-fn postal_starts_with(code: &str, prefix: &str) -> bool {
-    let mut it = code
-        .bytes()
-        .filter(u8::is_ascii_alphanumeric)
-        .map(|b| b.to_ascii_uppercase());
-    prefix.bytes().all(|p| it.next() == Some(p))
+/// Where a request lies with respect to a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    In,
+    Out,
+    /// In a partly covered subdivision, without a usable postal code.
+    Undetermined,
 }
 
-fn in_region(g: &Geolocation, country: Option<&str>, r: &Region) -> bool {
-    if let Some(sub) = g.subdivision.as_deref().map(str::trim) {
-        if r.subdivisions.iter().any(|s| s.eq_ignore_ascii_case(sub)) {
-            return true;
-        }
+fn region_place(g: &Geolocation, country: Option<&str>, r: &Region) -> Place {
+    let sub = g
+        .subdivision
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let listed =
+        |list: &[String]| sub.is_some_and(|s| list.iter().any(|x| x.eq_ignore_ascii_case(s)));
+    if listed(&r.subdivisions) {
+        return Place::In;
     }
-    if let (Some(c), Some(pc)) = (country, g.postal_code.as_deref()) {
-        if c.eq_ignore_ascii_case(&r.country) {
-            return r.postal_prefixes.iter().any(|p| postal_starts_with(pc, p));
-        }
+    // A subdivision names its country too ("UA-14").
+    let country = country.or_else(|| sub.and_then(|s| s.get(..2)));
+    let postal = if country.is_some_and(|c| c.eq_ignore_ascii_case(&r.country)) {
+        r.usable_postal_code(g.postal_code.as_deref())
+    } else {
+        None
+    };
+    if postal
+        .as_deref()
+        .is_some_and(|pc| r.contains_postal_code(pc))
+    {
+        return Place::In;
     }
-    false
+    if listed(&r.partial_subdivisions) {
+        return if postal.is_some() {
+            Place::Out
+        } else {
+            Place::Undetermined
+        };
+    }
+    Place::Out
 }
 
-fn location_in(
-    geo: Option<&Geolocation>,
-    countries: &crate::policy::CountrySet,
-    regions: &[Region],
-) -> Eval {
+fn location_in(geo: Option<&Geolocation>, countries: &CountrySet, regions: &[Region]) -> Eval {
     let Some(g) = geo else {
         return Eval::Missing(reason::UNVERIFIABLE_LOCATION);
     };
@@ -777,8 +1008,13 @@ fn location_in(
     if country.is_some_and(|c| countries.contains(c)) {
         return Eval::Fire;
     }
-    if regions.iter().any(|r| in_region(g, country, r)) {
-        return Eval::Fire;
+    let mut undetermined = false;
+    for r in regions {
+        match region_place(g, country, r) {
+            Place::In => return Eval::Fire,
+            Place::Undetermined => undetermined = true,
+            Place::Out => {}
+        }
     }
     // A subdivision names its country too ("UA-43").
     let sub_country = g
@@ -788,6 +1024,9 @@ fn location_in(
         .filter(|c| countries.contains(c));
     if sub_country.is_some() {
         return Eval::Fire;
+    }
+    if undetermined {
+        return Eval::FireWith(reason::REGION_UNDETERMINED);
     }
     if country.is_none() {
         return Eval::Missing(reason::UNVERIFIABLE_LOCATION);
@@ -888,6 +1127,7 @@ mod tests {
                 subject: u,
                 organization: o,
                 data_stale: false,
+                owners: &NoOrgs,
             },
             r,
         )
@@ -1072,11 +1312,13 @@ mod tests {
         o.owners = vec![
             Owner {
                 id: "a".into(),
+                kind: None,
                 headquarters: Some("CN".into()),
                 percent: 30.0,
             },
             Owner {
                 id: "b".into(),
+                kind: None,
                 headquarters: Some("CN".into()),
                 percent: 25.0,
             },
@@ -1242,12 +1484,256 @@ mod tests {
         );
     }
 
+    fn owner(id: &str, kind: Option<OwnerKind>, hq: Option<&str>, percent: f64) -> Owner {
+        Owner {
+            id: id.into(),
+            kind,
+            headquarters: hq.map(Into::into),
+            percent,
+        }
+    }
+
+    /// A member of `root`, deciding model R with `store` as owner records.
+    fn chain_verdict(
+        p: &CompiledPolicy,
+        root: &OrgRecord,
+        store: &std::collections::BTreeMap<String, Arc<OrgRecord>>,
+    ) -> Verdict {
+        let mut u = user(UsPersonStatus::ForeignPerson, &[("SG", None)]);
+        u.organization_id = Some(root.id.clone());
+        decide(
+            p,
+            &Eligibility {
+                subject: Some(&u),
+                organization: Some(root),
+                data_stale: false,
+                owners: store,
+            },
+            &req(R, "US"),
+        )
+    }
+
+    /// org-0 owned 100% by org-1, ..., org-(n-1) owned 60% by a CN party.
+    fn linear_chain(
+        n: usize,
+    ) -> (
+        OrgRecord,
+        std::collections::BTreeMap<String, Arc<OrgRecord>>,
+    ) {
+        let mut store = std::collections::BTreeMap::new();
+        let mut root = None;
+        for i in 0..n {
+            let mut o = org(&format!("org-{i}"));
+            o.headquarters = Some("SG".into());
+            o.owners = if i + 1 < n {
+                vec![owner(
+                    &format!("org-{}", i + 1),
+                    Some(OwnerKind::Organization),
+                    None,
+                    100.0,
+                )]
+            } else {
+                vec![owner("p", Some(OwnerKind::Person), Some("CN"), 60.0)]
+            };
+            if i == 0 {
+                root = Some(o);
+            } else {
+                store.insert(o.id.clone(), Arc::new(o));
+            }
+        }
+        (root.unwrap_or_else(|| org("org-0")), store)
+    }
+
+    #[test]
+    fn ownership_chain_is_followed_to_its_depth_bound_and_no_further() {
+        // 11 records above the root: one more than the default depth.
+        let (root, store) = linear_chain(12);
+        let v = chain_verdict(policy(), &root, &store);
+        check(&v, Outcome::Deny, &[reason::OWNERSHIP_UNKNOWN]);
+        assert_eq!(v.versions.owners.len(), 10, "{:?}", v.versions.owners);
+        // With max_depth = 11 the restricted party is reached.
+        let deeper = CompiledPolicy::from_toml_str(
+            &EXAMPLE_POLICY.replace(
+                "threshold_percent = 50.0",
+                "threshold_percent = 50.0\nmax_depth = 11",
+            ),
+            "deeper.toml",
+        )
+        .unwrap();
+        let v = chain_verdict(&deeper, &root, &store);
+        check(&v, Outcome::Deny, &[reason::RESTRICTED_OWNERSHIP]);
+        assert_eq!(v.rule_ids, ["restricted-ownership", "owner:org-1"]);
+        assert_eq!(v.versions.owners.len(), 11);
+        assert_eq!(v.owner_records.len(), 11);
+        // Without owner records nothing is followed: org-1 is a declared
+        // organization without a record.
+        let v = chain_verdict(policy(), &root, &std::collections::BTreeMap::new());
+        check(&v, Outcome::Deny, &[reason::OWNERSHIP_UNKNOWN]);
+        assert!(v.versions.owners.is_empty());
+    }
+
+    #[test]
+    fn ownership_cycle_through_the_root_ends() {
+        let mut root = org("a");
+        root.owners = vec![
+            owner("b", None, None, 50.0),
+            owner("p", Some(OwnerKind::Person), Some("CN"), 20.0),
+        ];
+        let mut b = org("b");
+        b.owners = vec![owner("a", None, None, 100.0)];
+        let store = std::collections::BTreeMap::from([("b".to_string(), Arc::new(b))]);
+        let v = chain_verdict(policy(), &root, &store);
+        check(&v, Outcome::Allow, &[reason::NATIONALITY_NOT_RESTRICTED]);
+        assert_eq!(
+            v.versions.owners,
+            [RecordVersion {
+                id: "b".into(),
+                version: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn replay_from_the_recorded_owner_records_decides_the_same() {
+        let (root, store) = linear_chain(4);
+        let live = chain_verdict(policy(), &root, &store);
+        check(&live, Outcome::Deny, &[reason::RESTRICTED_OWNERSHIP]);
+        let recorded: std::collections::BTreeMap<String, Arc<OrgRecord>> = live
+            .owner_records
+            .iter()
+            .map(|o| (o.id.clone(), Arc::clone(o)))
+            .collect();
+        assert_eq!(chain_verdict(policy(), &root, &recorded), live);
+        let as_slice = live.owner_records.clone();
+        let mut u = user(UsPersonStatus::ForeignPerson, &[("SG", None)]);
+        u.organization_id = Some(root.id.clone());
+        let again = decide(
+            policy(),
+            &Eligibility {
+                subject: Some(&u),
+                organization: Some(&root),
+                data_stale: false,
+                owners: &as_slice,
+            },
+            &req(R, "US"),
+        );
+        assert_eq!(again, live);
+    }
+
+    fn geo_req(
+        model: &str,
+        country: Option<&str>,
+        sub: Option<&str>,
+        postal: Option<&str>,
+    ) -> AccessRequest {
+        let mut r = req(model, "US");
+        r.geo = Some(Geolocation {
+            country: country.map(Into::into),
+            subdivision: sub.map(Into::into),
+            postal_code: postal.map(Into::into),
+            confidence: Some(0.95),
+            ..Geolocation::default()
+        });
+        r
+    }
+
+    #[test]
+    fn regions_by_subdivision_and_postal_code() {
+        let us = user(UsPersonStatus::Citizen, &[("US", None)]);
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            // The fail-open: a DNR postal code without a subdivision.
+            (
+                Some("UA"),
+                None,
+                Some("83001"),
+                &[reason::SANCTIONED_LOCATION],
+            ),
+            (
+                None,
+                Some("UA-14"),
+                Some("83-001"),
+                &[reason::SANCTIONED_LOCATION],
+            ),
+            (
+                Some("UA"),
+                Some("UA-09"),
+                Some("94200"),
+                &[reason::SANCTIONED_LOCATION],
+            ),
+            // The oblast outside the DNR: the postal code decides.
+            (
+                Some("UA"),
+                Some("UA-14"),
+                Some("84300"),
+                &[reason::UNRESTRICTED_MODEL],
+            ),
+            // No usable postal code in a partly sanctioned subdivision.
+            (
+                Some("UA"),
+                Some("UA-14"),
+                None,
+                &[reason::REGION_UNDETERMINED],
+            ),
+            (
+                Some("UA"),
+                Some("ua-14"),
+                Some("N/A"),
+                &[reason::REGION_UNDETERMINED],
+            ),
+            (
+                Some("UA"),
+                Some("UA-09"),
+                Some("830012"),
+                &[reason::REGION_UNDETERMINED],
+            ),
+            (
+                Some("UA"),
+                Some("UA-09"),
+                Some(""),
+                &[reason::REGION_UNDETERMINED],
+            ),
+            // Elsewhere in Ukraine; a DNR-like code in another country.
+            (
+                Some("UA"),
+                Some("UA-30"),
+                Some("01001"),
+                &[reason::UNRESTRICTED_MODEL],
+            ),
+            (Some("UA"), None, None, &[reason::UNRESTRICTED_MODEL]),
+            (
+                Some("DE"),
+                None,
+                Some("83001"),
+                &[reason::UNRESTRICTED_MODEL],
+            ),
+            // Crimea stays whole; its prefixes match too.
+            (
+                Some("UA"),
+                Some("UA-43"),
+                Some("01001"),
+                &[reason::SANCTIONED_LOCATION],
+            ),
+            (
+                Some("UA"),
+                None,
+                Some("95 000"),
+                &[reason::SANCTIONED_LOCATION],
+            ),
+        ];
+        for (country, sub, postal, want) in cases {
+            let v = run(Some(&us), None, &geo_req(U, *country, *sub, *postal));
+            assert_eq!(v.reasons, *want, "{country:?} {sub:?} {postal:?}: {v:?}");
+        }
+    }
+
     #[test]
     fn stale_data_denies_controlled_models_only() {
         let e = Eligibility {
             subject: None,
             organization: None,
             data_stale: true,
+            owners: &NoOrgs,
         };
         let v = decide(policy(), &e, &req(R, "US"));
         check(
@@ -1350,11 +1836,13 @@ mod tests {
         let mut o = org("o");
         o.owners.push(Owner {
             id: "x".into(),
+            kind: None,
             headquarters: Some("CN".into()),
             percent: f64::NAN,
         });
         o.owners.push(Owner {
             id: "y".into(),
+            kind: None,
             headquarters: Some("C".into()),
             percent: f64::INFINITY,
         });
@@ -1464,7 +1952,7 @@ mod tests {
             auths in proptest::collection::vec(arb_auth(), 0..3),
         ) -> OrgRecord {
             let mut o = org("o");
-            o.owners = owners.into_iter().enumerate().map(|(i, (headquarters, percent))| Owner { id: i.to_string(), headquarters, percent }).collect();
+            o.owners = owners.into_iter().enumerate().map(|(i, (headquarters, percent))| Owner { id: i.to_string(), kind: None, headquarters, percent }).collect();
             o.screening_hits = hits.into_iter().map(|(s, l)| ScreeningHit {
                 list: l.into(),
                 status: [ScreeningStatus::Confirmed, ScreeningStatus::Potential, ScreeningStatus::Cleared][usize::from(s)],
@@ -1527,7 +2015,7 @@ mod tests {
         ) {
             u.us_person_status = st;
             let p = policy().with_nationality_mode(m);
-            let v = decide(&p, &Eligibility { subject: Some(&u), organization: o.as_ref(), data_stale: false }, &r);
+            let v = decide(&p, &Eligibility { subject: Some(&u), organization: o.as_ref(), data_stale: false, owners: &NoOrgs }, &r);
             prop_assert!(!v.reasons.contains(&reason::RESTRICTED_NATIONALITY), "{v:?}");
             prop_assert!(!v.reasons.contains(&reason::NATIONALITY_UNKNOWN), "{v:?}");
             if v.outcome == Outcome::Deny {
@@ -1541,10 +2029,10 @@ mod tests {
         fn decisions_are_deterministic_and_well_formed(
             u in proptest::option::of(arb_user()), o in proptest::option::of(arb_org()), r in arb_req(), stale in any::<bool>(),
         ) {
-            let e = Eligibility { subject: u.as_ref(), organization: o.as_ref(), data_stale: stale };
+            let e = Eligibility { subject: u.as_ref(), organization: o.as_ref(), data_stale: stale, owners: &NoOrgs };
             let a = decide(policy(), &e, &r);
             let (u2, o2, r2) = (u.clone(), o.clone(), r.clone());
-            let b = decide(policy(), &Eligibility { subject: u2.as_ref(), organization: o2.as_ref(), data_stale: stale }, &r2);
+            let b = decide(policy(), &Eligibility { subject: u2.as_ref(), organization: o2.as_ref(), data_stale: stale, owners: &NoOrgs }, &r2);
             prop_assert_eq!(&a, &b);
             prop_assert!(!a.reasons.is_empty());
             let allowed = match a.outcome { Outcome::Allow => reason::ALLOW, Outcome::Deny => reason::DENY };
@@ -1583,7 +2071,61 @@ mod tests {
             });
             let v = run(Some(&u), Some(&o), &r);
             prop_assert_eq!(v.outcome, Outcome::Deny);
-            prop_assert!(v.reasons.contains(&reason::SANCTIONED_LOCATION), "{:?}", v);
+            // In UA-09 without a postal code the request cannot be placed
+            // inside or outside the LNR: denied all the same.
+            let located = if place.1 == Some("UA-09") { reason::REGION_UNDETERMINED } else { reason::SANCTIONED_LOCATION };
+            prop_assert!(v.reasons.contains(&located), "{:?}", v);
+        }
+
+        #[test]
+        fn adding_restricted_ownership_anywhere_in_a_chain_never_turns_a_deny_into_an_allow(
+            n in 1usize..6,
+            raw_edges in proptest::collection::vec((0usize..6, 0usize..8, 0.0f64..70.0, 0u8..4), 0..14),
+            add_at in 0usize..6, add_percent in 1.0f64..60.0, person in any::<bool>(),
+        ) {
+            // Organizations o0 (the root) .. o(n-1); an edge (i, j, p, hq)
+            // gives o(i) an owner: o(j) when j < n, else a leaf party whose
+            // headquarters is CN, SG, MO or unknown.
+            let build = |extra: Option<(usize, f64)>| {
+                let mut orgs: Vec<OrgRecord> = (0..n).map(|i| {
+                    let mut o = org(&format!("o{i}"));
+                    o.headquarters = Some("SG".into());
+                    o
+                }).collect();
+                for (i, j, p, hq) in &raw_edges {
+                    let Some(o) = orgs.get_mut(i % n) else { continue };
+                    if *j < n {
+                        o.owners.push(owner(&format!("o{j}"), Some(OwnerKind::Organization), None, *p));
+                    } else {
+                        let hq = ["CN", "SG", "MO"].get(usize::from(*hq));
+                        o.owners.push(owner(&format!("leaf{j}"), None, hq.copied(), *p));
+                    }
+                }
+                if let Some((at, p)) = extra {
+                    let kind = if person { Some(OwnerKind::Person) } else { None };
+                    orgs[at % n].owners.push(owner("added", kind, Some("CN"), p));
+                }
+                let root = orgs.remove(0);
+                let store: std::collections::BTreeMap<String, Arc<OrgRecord>> =
+                    orgs.into_iter().map(|o| (o.id.clone(), Arc::new(o))).collect();
+                (root, store)
+            };
+            let (root, store) = build(None);
+            let before = chain_verdict(policy(), &root, &store);
+            let (root2, store2) = build(Some((add_at, add_percent)));
+            let after = chain_verdict(policy(), &root2, &store2);
+            if before.outcome == Outcome::Deny {
+                prop_assert_eq!(after.outcome, Outcome::Deny, "{:?} then {:?}", before, after);
+            }
+            if before.reasons.contains(&reason::RESTRICTED_OWNERSHIP) {
+                prop_assert!(after.reasons.contains(&reason::RESTRICTED_OWNERSHIP));
+            }
+            // Replay from the recorded owner records decides the same.
+            let recorded = before.owner_records.clone();
+            let mut u = user(UsPersonStatus::ForeignPerson, &[("SG", None)]);
+            u.organization_id = Some(root.id.clone());
+            let replayed = decide(policy(), &Eligibility { subject: Some(&u), organization: Some(&root), data_stale: false, owners: &recorded }, &req(R, "US"));
+            prop_assert_eq!(replayed, before);
         }
 
         #[test]
@@ -1604,7 +2146,7 @@ mod tests {
                 "{EXAMPLE_POLICY}\n[[rules]]\nid = \"extra\"\nlegal_basis = \"{basis}\"\neffect = \"deny\"\nscope = {scope}\n{extra}\n"
             );
             let stricter = CompiledPolicy::from_toml_str(&text, "stricter.toml").map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let e = Eligibility { subject: u.as_ref(), organization: o.as_ref(), data_stale: false };
+            let e = Eligibility { subject: u.as_ref(), organization: o.as_ref(), data_stale: false, owners: &NoOrgs };
             let base = decide(policy(), &e, &r);
             let more = decide(&stricter, &e, &r);
             if base.outcome == Outcome::Deny {

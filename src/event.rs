@@ -270,15 +270,34 @@ pub struct UserRecord {
     pub revocation: Option<Revocation>,
 }
 
-/// An owner of an organization, with its share.
+/// What kind of party an owner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerKind {
+    /// An organization: its own record (`organization:<id>`) is followed
+    /// when the store has it, and a missing record is missing data.
+    Organization,
+    /// A natural person: never looked up; `headquarters` is their country.
+    Person,
+}
+
+/// A direct owner of an organization, with its share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Owner {
-    /// Owner id (an organization or a person).
+    /// Owner id: an organization id (the key of its own record) or a person.
     pub id: String,
+    /// Organization or person. When absent, the owner is followed if the
+    /// store has an organization record with this id, and otherwise judged
+    /// by `headquarters` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<OwnerKind>,
     /// Where the owner is headquartered (or of which country a person is).
+    /// The owner's own record, when followed, takes precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headquarters: Option<CountryCode>,
-    /// Share of ownership, in percent (0–100), direct plus indirect.
+    /// Direct share of ownership, in percent (0–100). Indirect ownership is
+    /// computed by following owner records (OFAC's 50% rule), not entered
+    /// here.
     pub percent: f64,
 }
 
@@ -412,6 +431,10 @@ pub struct Versions {
     pub subject: Option<RecordVersion>,
     /// The organization record used, if there was one.
     pub organization: Option<RecordVersion>,
+    /// The owner organizations' records followed for ownership (the chain
+    /// above `organization`), in the order they were read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<RecordVersion>,
 }
 
 /// The exact inputs of a decision: enough to decide again without the
@@ -425,6 +448,10 @@ pub struct DecisionInputs {
     pub subject: Option<Arc<UserRecord>>,
     /// The organization's eligibility record at decision time.
     pub organization: Option<Arc<OrgRecord>>,
+    /// The owner organizations' records followed for ownership, as in
+    /// `versions.owners`: replay decides from these alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<Arc<OrgRecord>>,
 }
 
 /// Where a record came from in Kafka.
@@ -536,7 +563,7 @@ pub enum DecodeError {
     #[error("invalid field {field}: {message}")]
     InvalidField {
         /// The field.
-        field: &'static str,
+        field: String,
         /// What is wrong with it.
         message: String,
     },
@@ -591,38 +618,127 @@ pub fn decode_request(bytes: &[u8]) -> Result<AccessRequest, DecodeError> {
     let MapOnly(req): ObjectOnly<AccessRequest> = serde_json::from_str(text).map_err(classify)?;
     if req.request_id.is_empty() {
         return Err(DecodeError::InvalidField {
-            field: "request_id",
+            field: "request_id".into(),
             message: "must not be empty".into(),
         });
     }
     if req.subject_id.is_empty() {
         return Err(DecodeError::InvalidField {
-            field: "subject_id",
+            field: "subject_id".into(),
             message: "must not be empty".into(),
         });
     }
     if req.model.is_empty() {
         return Err(DecodeError::InvalidField {
-            field: "model",
+            field: "model".into(),
             message: "must not be empty".into(),
         });
     }
     let year = req.event_time.year();
     if !(MIN_EVENT_YEAR..=MAX_EVENT_YEAR).contains(&year) {
         return Err(DecodeError::InvalidField {
-            field: "event_time",
+            field: "event_time".into(),
             message: format!("year {year} is outside {MIN_EVENT_YEAR}..={MAX_EVENT_YEAR}"),
         });
     }
     if let Some(c) = req.geo.as_ref().and_then(|g| g.confidence) {
         if !(0.0..=1.0).contains(&c) {
             return Err(DecodeError::InvalidField {
-                field: "geo.confidence",
+                field: "geo.confidence".into(),
                 message: format!("{c} is outside 0.0..=1.0"),
             });
         }
     }
     Ok(req)
+}
+
+/// Parse a `YYYY-MM-DD` date (surrounding spaces allowed); `None` if it is
+/// anything else or not a real calendar date. Every date field of an
+/// eligibility record is checked with it at decode, so the decision core
+/// never meets a date it cannot read.
+pub fn parse_date(s: &str) -> Option<time::Date> {
+    let b = s.trim().as_bytes();
+    let num = |r: &[u8]| {
+        r.iter().try_fold(0u16, |acc, &d| {
+            d.is_ascii_digit().then(|| acc * 10 + u16::from(d - b'0'))
+        })
+    };
+    match b {
+        [y @ .., b'-', m1, m2, b'-', d1, d2] if y.len() == 4 => {
+            let month = time::Month::try_from(u8::try_from(num(&[*m1, *m2])?).ok()?).ok()?;
+            let day = u8::try_from(num(&[*d1, *d2])?).ok()?;
+            time::Date::from_calendar_date(i32::from(num(y)?), month, day).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Check every date of an eligibility record: each is a real `YYYY-MM-DD`
+/// date, and an authorization has both validity dates, in order. A date
+/// that cannot be read would otherwise be ignored by the decision core (a
+/// licence that silently never applies, a citizenship that never counts
+/// as the most recent).
+fn check_dates(rec: &EligibilityRecord) -> Result<(), DecodeError> {
+    fn date(
+        field: String,
+        v: Option<&str>,
+        required: bool,
+    ) -> Result<Option<time::Date>, DecodeError> {
+        match v {
+            None if required => Err(DecodeError::InvalidField {
+                field,
+                message: "required: an authorization without it would never apply".into(),
+            }),
+            None => Ok(None),
+            Some(v) => parse_date(v)
+                .map(Some)
+                .ok_or_else(|| DecodeError::InvalidField {
+                    field,
+                    message: format!("{v:?} is not a calendar date YYYY-MM-DD"),
+                }),
+        }
+    }
+    match rec {
+        EligibilityRecord::User(u) => {
+            for (i, c) in u.citizenships.iter().enumerate() {
+                date(
+                    format!("citizenships[{i}].acquired_on"),
+                    c.acquired_on.as_deref(),
+                    false,
+                )?;
+            }
+            for (i, r) in u.permanent_residencies.iter().enumerate() {
+                date(
+                    format!("permanent_residencies[{i}].acquired_on"),
+                    r.acquired_on.as_deref(),
+                    false,
+                )?;
+            }
+        }
+        EligibilityRecord::Organization(o) => {
+            for (i, a) in o.authorizations.iter().enumerate() {
+                let from = date(
+                    format!("authorizations[{i}].valid_from"),
+                    a.valid_from.as_deref(),
+                    true,
+                )?;
+                let until = date(
+                    format!("authorizations[{i}].valid_until"),
+                    a.valid_until.as_deref(),
+                    true,
+                )?;
+                if let (Some(from), Some(until)) = (from, until) {
+                    if from > until {
+                        return Err(DecodeError::InvalidField {
+                            field: format!("authorizations[{i}].valid_until"),
+                            message: format!("{until} is before valid_from {from}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reject a payload above `limit` bytes before decoding it.
@@ -656,10 +772,11 @@ pub fn decode_eligibility(key: &[u8], bytes: &[u8]) -> Result<EligibilityRecord,
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::NotUtf8(e.to_string()))?;
     let MapOnly(rec): ObjectOnly<EligibilityRecord> =
         serde_json::from_str(text).map_err(classify)?;
+    check_dates(&rec)?;
     let expected = rec.key();
     if key != expected.as_bytes() {
         return Err(DecodeError::InvalidField {
-            field: "key",
+            field: "key".into(),
             message: format!(
                 "record key {:?} does not match the document ({expected:?})",
                 String::from_utf8_lossy(key)
@@ -692,7 +809,7 @@ pub fn parse_eligibility_key(key: &[u8]) -> Result<(KeyKind, &str), DecodeError>
         }
     }
     Err(DecodeError::InvalidField {
-        field: "key",
+        field: "key".into(),
         message: format!("{text:?} is not `user:<id>` or `organization:<id>`"),
     })
 }
@@ -751,6 +868,73 @@ mod tests {
             (KeyKind::Organization, "o1")
         );
         assert!(parse_eligibility_key(b"bogus").is_err());
+    }
+
+    #[test]
+    fn every_date_of_a_record_is_checked_at_decode() {
+        let org = |auth: &str| {
+            format!(r#"{{"kind":"organization","id":"o1","version":3,"authorizations":[{{"id":"LIC-1","model_tags":["t"]}},{auth}]}}"#)
+                .replace(r#"{"id":"LIC-1","model_tags":["t"]}"#, r#"{"id":"LIC-0","valid_from":"2026-01-01","valid_until":"2026-12-31"}"#)
+        };
+        let field_of = |doc: &str| match decode_eligibility(b"organization:o1", doc.as_bytes()) {
+            Err(DecodeError::InvalidField { field, message }) => format!("{field}: {message}"),
+            other => panic!("{doc}: {other:?}"),
+        };
+        // The reported case: an RFC 3339 timestamp where a date belongs.
+        let e = field_of(&org(
+            r#"{"id":"LIC-1","valid_from":"2026-01-01","valid_until":"2026-12-31T23:59:59Z"}"#,
+        ));
+        assert!(
+            e.starts_with(
+                "authorizations[1].valid_until: \"2026-12-31T23:59:59Z\" is not a calendar date"
+            ),
+            "{e}"
+        );
+        let e = field_of(&org(
+            r#"{"id":"LIC-1","valid_from":"2026-02-30","valid_until":"2026-12-31"}"#,
+        ));
+        assert!(e.starts_with("authorizations[1].valid_from"), "{e}");
+        let e = field_of(&org(r#"{"id":"LIC-1","valid_from":"2026-01-01"}"#));
+        assert!(
+            e.starts_with("authorizations[1].valid_until: required"),
+            "{e}"
+        );
+        let e = field_of(&org(
+            r#"{"id":"LIC-1","valid_from":"2027-01-01","valid_until":"2026-12-31"}"#,
+        ));
+        assert!(e.contains("before valid_from"), "{e}");
+        assert!(decode_eligibility(
+            b"organization:o1",
+            org(r#"{"id":"LIC-1","valid_from":" 2026-01-01 ","valid_until":"2026-12-31"}"#)
+                .as_bytes()
+        )
+        .is_ok());
+
+        let user = |cits: &str, prs: &str| {
+            format!(
+                r#"{{"kind":"user","id":"u1","version":2,"us_person_status":"foreign_person","citizenships":{cits},"permanent_residencies":{prs}}}"#
+            )
+        };
+        let e = decode_eligibility(b"user:u1", user(r#"[{"country":"CN","acquired_on":"1990-01-01"},{"country":"GB","acquired_on":"2015-06-01T00:00:00Z"}]"#, "[]").as_bytes()).unwrap_err();
+        assert_eq!(e.kind(), "invalid_field");
+        assert!(e.to_string().contains("citizenships[1].acquired_on"), "{e}");
+        let e = decode_eligibility(
+            b"user:u1",
+            user(
+                "[]",
+                r#"[{"country":"US","status":"granted","acquired_on":"05/01/2018"}]"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("permanent_residencies[0].acquired_on"),
+            "{e}"
+        );
+        assert!(
+            decode_eligibility(b"user:u1", user(r#"[{"country":"CN"}]"#, "[]").as_bytes()).is_ok()
+        );
     }
 
     /// Found by fuzzing: serde's derive also reads a struct from a JSON

@@ -875,6 +875,7 @@ fn process(
                 subject: subject.as_deref(),
                 organization: org.as_deref(),
                 data_stale: shared.feed.is_stale(),
+                owners: &*shared.store,
             };
             let verdict = decide(&policy, &elig, &req);
             let now = OffsetDateTime::now_utc();
@@ -902,6 +903,7 @@ fn process(
                     request: req,
                     subject,
                     organization: org,
+                    owners: verdict.owner_records,
                 }),
                 decided_at: now,
                 source: Some(source),
@@ -960,6 +962,7 @@ pub fn malformed_decision(
             data_version: policy.data_version.clone(),
             subject: None::<RecordVersion>,
             organization: None,
+            owners: Vec::new(),
         },
         inputs: None,
         decided_at: OffsetDateTime::now_utc(),

@@ -118,11 +118,13 @@ fn org(i: u64, g: &mut Lcg) -> OrgRecord {
         0 => {
             o.owners = vec![
                 Owner {
+                    kind: None,
                     id: "p1".into(),
                     headquarters: Some("CN".into()),
                     percent: 30.0,
                 },
                 Owner {
+                    kind: None,
                     id: "p2".into(),
                     headquarters: Some("CN".into()),
                     percent: 25.0,
@@ -225,6 +227,7 @@ pub fn decide_fetched(policy: &CompiledPolicy, f: &Fetched, req: &AccessRequest)
         subject: f.0.as_deref(),
         organization: f.1.as_deref(),
         data_stale: false,
+        owners: &clearance::decide::NoOrgs,
     };
     decide(policy, &elig, req)
 }
@@ -242,6 +245,7 @@ pub fn lookup_and_decide(policy: &CompiledPolicy, store: &Store, req: &AccessReq
         subject: subject.as_deref(),
         organization: organization.as_deref(),
         data_stale: false,
+        owners: store,
     };
     decide(policy, &elig, req)
 }

@@ -146,6 +146,12 @@ impl Store {
     }
 }
 
+impl crate::decide::OrgLookup for Store {
+    fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
+        Store::organization(self, id)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

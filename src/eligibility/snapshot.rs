@@ -36,7 +36,7 @@ use time::OffsetDateTime;
 
 use super::Store;
 use crate::event::{
-    Authorization, Citizenship, CountryCode, EligibilityRecord, OrgRecord, Owner,
+    Authorization, Citizenship, CountryCode, EligibilityRecord, OrgRecord, Owner, OwnerKind,
     PermanentResidency, Relationship, ResidencyStatus, Revocation, ScreeningHit, ScreeningStatus,
     UsPersonStatus, UserRecord, Verification, VerificationStatus,
 };
@@ -45,7 +45,7 @@ use crate::metrics as m;
 const MAGIC: &[u8; 8] = b"CLRSNAP2";
 /// Earlier magics this engine recognises but cannot read.
 const OLD_MAGICS: [&[u8; 8]; 1] = [b"CLRSNAP1"];
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const PREAMBLE: usize = 8 + 4 + 8;
 /// Upper bound for one decoded record: a corrupted length never makes the
 /// decoder allocate more than this.
@@ -549,7 +549,7 @@ struct SnapOrg {
     updated_at: Option<OffsetDateTime>,
     name: Option<String>,
     headquarters: Option<CountryCode>,
-    owners: Vec<(String, Option<CountryCode>, f64)>,
+    owners: Vec<(String, Option<OwnerKind>, Option<CountryCode>, f64)>,
     screening_hits: Vec<(String, ScreeningStatus, Option<String>)>,
     authorizations: Vec<SnapAuthorization>,
 }
@@ -671,9 +671,10 @@ impl From<&OrgRecord> for SnapOrg {
                 .map(
                     |Owner {
                          id,
+                         kind,
                          headquarters,
                          percent,
-                     }| (id.clone(), headquarters.clone(), *percent),
+                     }| (id.clone(), *kind, headquarters.clone(), *percent),
                 )
                 .collect(),
             screening_hits: screening_hits
@@ -725,8 +726,9 @@ impl From<SnapOrg> for OrgRecord {
             owners: o
                 .owners
                 .into_iter()
-                .map(|(id, headquarters, percent)| Owner {
+                .map(|(id, kind, headquarters, percent)| Owner {
                     id,
+                    kind,
                     headquarters,
                     percent,
                 })
@@ -811,6 +813,7 @@ mod tests {
             name: Some("Org".into()),
             headquarters: Some("SG".into()),
             owners: vec![Owner {
+                kind: Some(crate::event::OwnerKind::Organization),
                 id: "parent".into(),
                 headquarters: Some("CN".into()),
                 percent: 50.5,

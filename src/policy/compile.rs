@@ -204,8 +204,7 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
                 format!("unknown country code {c:?}"),
             );
         }
-        let mut subdivisions = Vec::new();
-        for (i, s) in rr.subdivisions.iter().enumerate() {
+        let subdivision = |cx: &mut Ctx<'_>, list: &str, i: usize, s: &S| -> Option<String> {
             let sv = s.get_ref();
             let ok = sv.len() >= 4
                 && sv.len() <= 6
@@ -214,20 +213,44 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
                     t.bytes()
                         .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                 });
-            if ok {
-                subdivisions.push(sv.clone());
-            } else {
+            if !ok {
                 cx.err(
                     s.span(),
-                    format!("{field}.subdivisions[{i}]"),
+                    format!("{field}.{list}[{i}]"),
                     format!("{sv:?} is not an ISO 3166-2 code of {c} (\"{c}-XX\")"),
                 );
             }
+            ok.then(|| sv.clone())
+        };
+        let subdivisions: Vec<String> = rr
+            .subdivisions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| subdivision(&mut cx, "subdivisions", i, s))
+            .collect();
+        let partial_subdivisions: Vec<String> = rr
+            .partial_subdivisions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| subdivision(&mut cx, "partial_subdivisions", i, s))
+            .collect();
+        for (i, s) in rr.partial_subdivisions.iter().enumerate() {
+            if subdivisions.contains(s.get_ref()) {
+                cx.err(
+                    s.span(),
+                    format!("{field}.partial_subdivisions[{i}]"),
+                    format!(
+                        "{:?} is also listed as wholly inside the region",
+                        s.get_ref()
+                    ),
+                );
+            }
         }
+        let postal_code = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric());
         let mut postal_prefixes = Vec::new();
         for (i, p) in rr.postal_prefixes.iter().enumerate() {
             let pv = p.get_ref();
-            if !pv.is_empty() && pv.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if postal_code(pv) {
                 postal_prefixes.push(pv.to_ascii_uppercase());
             } else {
                 cx.err(
@@ -237,11 +260,54 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
                 );
             }
         }
-        if rr.subdivisions.is_empty() && rr.postal_prefixes.is_empty() {
+        let mut postal_ranges: Vec<(String, String)> = Vec::new();
+        for (i, p) in rr.postal_ranges.iter().enumerate() {
+            let pv = p.get_ref().to_ascii_uppercase();
+            let parsed = pv
+                .split_once('-')
+                .map(|(lo, hi)| (lo.trim().to_string(), hi.trim().to_string()))
+                .filter(|(lo, hi)| {
+                    postal_code(lo) && postal_code(hi) && lo.len() == hi.len() && lo <= hi
+                });
+            match parsed {
+                Some((lo, hi))
+                    if postal_ranges
+                        .first()
+                        .is_none_or(|(first, _)| first.len() == lo.len()) =>
+                {
+                    postal_ranges.push((lo, hi));
+                }
+                Some(_) => cx.err(
+                    p.span(),
+                    format!("{field}.postal_ranges[{i}]"),
+                    "every postal range of a region has the same length (a region's postal codes have one format)",
+                ),
+                None => cx.err(
+                    p.span(),
+                    format!("{field}.postal_ranges[{i}]"),
+                    "a postal range is \"LOW-HIGH\": two codes of ASCII letters or digits, of one length, LOW <= HIGH",
+                ),
+            }
+        }
+        if rr.subdivisions.is_empty()
+            && rr.partial_subdivisions.is_empty()
+            && rr.postal_prefixes.is_empty()
+            && rr.postal_ranges.is_empty()
+        {
             cx.err(
                 r.span(),
-                field,
-                "a region needs at least one subdivision or postal prefix",
+                field.clone(),
+                "a region needs at least one subdivision or postal prefix or range",
+            );
+        }
+        if !rr.partial_subdivisions.is_empty()
+            && rr.postal_prefixes.is_empty()
+            && rr.postal_ranges.is_empty()
+        {
+            cx.err(
+                r.span(),
+                format!("{field}.partial_subdivisions"),
+                "a partly covered subdivision needs the region's postal prefixes or ranges to decide within it",
             );
         }
         regions.insert(
@@ -250,7 +316,9 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
                 name: name.get_ref().clone(),
                 country: c.clone(),
                 subdivisions,
+                partial_subdivisions,
                 postal_prefixes,
+                postal_ranges,
             },
         );
     }
@@ -414,6 +482,11 @@ const KINDS: &[&str] = &[
     "nationality_not_in",
 ];
 
+/// Levels of owner records an `ownership_in` rule follows by default.
+pub(crate) const DEFAULT_OWNERSHIP_DEPTH: u32 = 10;
+/// The most levels a policy may ask for.
+pub(crate) const MAX_OWNERSHIP_DEPTH: u32 = 32;
+
 /// The kind parameters each kind accepts.
 fn params_of(kind: &str) -> &'static [&'static str] {
     match kind {
@@ -421,7 +494,7 @@ fn params_of(kind: &str) -> &'static [&'static str] {
         "location_verifiable" => &["min_confidence"],
         "location_in" => &["set", "regions"],
         "nationality_in" | "nationality_not_in" => &["set"],
-        "ownership_in" => &["set", "threshold_percent"],
+        "ownership_in" => &["set", "threshold_percent", "max_depth"],
         "listed_party" => &["status", "lists"],
         _ => &[],
     }
@@ -508,6 +581,7 @@ fn compile_rule(
             rr.min_confidence.as_ref().map(Spanned::span),
         ),
         ("max_age_days", rr.max_age_days.as_ref().map(Spanned::span)),
+        ("max_depth", rr.max_depth.as_ref().map(Spanned::span)),
     ]
     .into_iter()
     .filter_map(|(n, s)| s.map(|s| (n, s)))
@@ -630,9 +704,24 @@ fn compile_rule(
                 }
                 None => 50.0,
             };
+            let max_depth = match &rr.max_depth {
+                Some(d) => match u32::try_from(*d.get_ref()) {
+                    Ok(v) if (1..=MAX_OWNERSHIP_DEPTH).contains(&v) => v,
+                    _ => {
+                        cx.err(
+                            d.span(),
+                            f("max_depth"),
+                            format!("must be between 1 and {MAX_OWNERSHIP_DEPTH}"),
+                        );
+                        DEFAULT_OWNERSHIP_DEPTH
+                    }
+                },
+                None => DEFAULT_OWNERSHIP_DEPTH,
+            };
             Some(RuleKind::OwnershipIn {
                 set,
                 threshold_percent,
+                max_depth,
             })
         }
         "listed_party" => {

@@ -145,7 +145,7 @@ pub struct RegionChange {
     /// Added, removed or changed.
     pub status: Status,
     /// For a changed region: what changed (`country`, `subdivisions`,
-    /// `postal_prefixes`).
+    /// `partial_subdivisions`, `postal_prefixes`, `postal_ranges`).
     pub details: Vec<Detail>,
 }
 
@@ -410,9 +410,29 @@ fn diff_regions(
                         b.subdivisions.iter().map(String::as_str),
                     ),
                     Detail::members(
+                        "partial_subdivisions",
+                        a.partial_subdivisions.iter().map(String::as_str),
+                        b.partial_subdivisions.iter().map(String::as_str),
+                    ),
+                    Detail::members(
                         "postal_prefixes",
                         a.postal_prefixes.iter().map(String::as_str),
                         b.postal_prefixes.iter().map(String::as_str),
+                    ),
+                    Detail::members(
+                        "postal_ranges",
+                        a.postal_ranges
+                            .iter()
+                            .map(|(lo, hi)| format!("{lo}-{hi}"))
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str),
+                        b.postal_ranges
+                            .iter()
+                            .map(|(lo, hi)| format!("{lo}-{hi}"))
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str),
                     ),
                 ]
                 .into_iter()
@@ -501,8 +521,13 @@ fn params(r: &Rule) -> Vec<(&'static str, String)> {
             p.push(("regions", format!("[{}]", names.join(", "))));
         }
         RuleKind::OwnershipIn {
-            threshold_percent, ..
-        } => p.push(("threshold_percent", threshold_percent.to_string())),
+            threshold_percent,
+            max_depth,
+            ..
+        } => {
+            p.push(("threshold_percent", threshold_percent.to_string()));
+            p.push(("max_depth", max_depth.to_string()));
+        }
         RuleKind::ListedParty { status, lists } => {
             p.push(("status", status_str(*status).to_string()));
             p.push(("lists", format!("[{}]", lists.join(", "))));
@@ -833,10 +858,10 @@ mod tests {
     fn modified() -> String {
         let s = format!("effective_from = \"2026-12-01T00:00:00Z\"\n{EXAMPLE_POLICY}");
         let edits: &[(&str, &str)] = &[
-            ("version = \"2026.11.1\"", "version = \"2026.12.0\""),
+            ("version = \"2026.12.1\"", "version = \"2026.12.9\""),
             (
-                "version = \"ear-sup1-740@2025-09;ofac@2025-07\"",
-                "version = \"ear-sup1-740@2025-12;ofac@2025-07\"",
+                "version = \"ear-sup1-740@2025-09;ofac@2025-07;ua-postal@2022-02-21\"",
+                "version = \"ear-sup1-740@2025-12;ofac@2025-07;ua-postal@2022-02-21\"",
             ),
             (
                 "nationality_mode = \"most_recent\"",
@@ -894,8 +919,8 @@ mod tests {
         assert_eq!(
             d.version,
             Some(Change {
-                old: "2026.11.1".into(),
-                new: "2026.12.0".into()
+                old: "2026.12.1".into(),
+                new: "2026.12.9".into()
             })
         );
         assert!(d.data_version.is_some());
@@ -1015,7 +1040,7 @@ mod tests {
         let text = d.to_string();
         println!("{text}");
         for needle in [
-            "policy.version: 2026.11.1 -> 2026.12.0",
+            "policy.version: 2026.12.1 -> 2026.12.9",
             "effective_from: (none) -> 2026-12-01T00:00:00Z",
             "  ~ nationality_mode: most_recent -> any_citizenship",
             "  + gpt-x []",

@@ -113,6 +113,12 @@ pub enum Scope {
 }
 
 /// A named sanctioned region inside a country (`[regions.<name>]`).
+///
+/// A request is in the region when its subdivision is one of
+/// `subdivisions`, or when its postal code (in `country`) is in the
+/// region's postal prefixes or ranges, whatever its subdivision. In one of
+/// `partial_subdivisions`, a usable postal code decides; without one the
+/// request cannot be placed and is denied (`region_undetermined`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
     /// Region name (`"crimea"`).
@@ -121,8 +127,51 @@ pub struct Region {
     pub country: String,
     /// ISO 3166-2 subdivisions wholly inside the region (`"UA-43"`).
     pub subdivisions: Vec<String>,
-    /// Postal-code prefixes of the region (within `country`).
+    /// ISO 3166-2 subdivisions only partly inside the region (`"UA-14"`):
+    /// the postal code decides.
+    pub partial_subdivisions: Vec<String>,
+    /// Postal-code prefixes of the region (within `country`), upper case.
     pub postal_prefixes: Vec<String>,
+    /// Inclusive postal-code ranges of the region (within `country`), upper
+    /// case, both ends of one length, the same for every range.
+    pub postal_ranges: Vec<(String, String)>,
+}
+
+impl Region {
+    /// The postal code normalised for this region (spaces and dashes
+    /// removed, upper case), if it is usable here: only ASCII letters and
+    /// digits, of the ranges' length (or, with prefixes only, at least as
+    /// long as the longest prefix). `None` for a missing, malformed or
+    /// truncated code, or when the region has no postal data.
+    pub fn usable_postal_code(&self, code: Option<&str>) -> Option<String> {
+        let code = code?;
+        let mut out = String::with_capacity(code.len());
+        for c in code.trim().chars() {
+            match c {
+                ' ' | '-' => {}
+                c if c.is_ascii_alphanumeric() => out.push(c.to_ascii_uppercase()),
+                _ => return None,
+            }
+        }
+        let len_ok = match self.postal_ranges.first() {
+            Some((lo, _)) => out.len() == lo.len(),
+            None => {
+                let longest = self.postal_prefixes.iter().map(String::len).max()?;
+                out.len() >= longest
+            }
+        };
+        (len_ok && !out.is_empty()).then_some(out)
+    }
+
+    /// Whether a normalised, usable postal code lies in the region.
+    pub fn contains_postal_code(&self, code: &str) -> bool {
+        self.postal_prefixes
+            .iter()
+            .any(|p| code.starts_with(p.as_str()))
+            || self.postal_ranges.iter().any(|(lo, hi)| {
+                code.len() == lo.len() && lo.as_str() <= code && code <= hi.as_str()
+            })
+    }
 }
 
 /// The predicate of a rule: a fixed set of kinds, parameterised by sets
@@ -163,13 +212,22 @@ pub enum RuleKind {
         /// The restricted countries.
         set: CountrySet,
     },
-    /// Deny when owners headquartered in the set hold, summed, at least
-    /// `threshold_percent` of the organization (`restricted_ownership`).
+    /// Deny when restricted parties own, in aggregate, directly or
+    /// indirectly, at least `threshold_percent` of the organization
+    /// (`restricted_ownership`; OFAC's 50% rule). An owner is restricted
+    /// when it is headquartered in the set, or when it is an organization
+    /// itself owned at least `threshold_percent` by restricted parties;
+    /// then its share counts in full. Owner organizations' records are
+    /// followed up to `max_depth` levels, cycle-safe.
     OwnershipIn {
         /// The restricted countries.
         set: CountrySet,
         /// The threshold, in percent (50 for the 50% rule).
         threshold_percent: f64,
+        /// How many levels of owner records are followed above the
+        /// organization (default 10); an owner organization beyond it
+        /// counts as unknown unless its headquarters is restricted.
+        max_depth: u32,
     },
     /// Deny when the organization has a screening hit of this status on
     /// one of the lists (`listed_party_confirmed` / `listed_party_potential`).

@@ -105,7 +105,11 @@ pub(crate) struct RawRegion {
     #[serde(default)]
     pub subdivisions: Vec<S>,
     #[serde(default)]
+    pub partial_subdivisions: Vec<S>,
+    #[serde(default)]
     pub postal_prefixes: Vec<S>,
+    #[serde(default)]
+    pub postal_ranges: Vec<S>,
 }
 
 /// `[[rules]]`: one flat table; which parameters a kind accepts is checked
@@ -141,4 +145,6 @@ pub(crate) struct RawRule {
     pub min_confidence: Option<Spanned<f64>>,
     #[serde(default)]
     pub max_age_days: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_depth: Option<Spanned<i64>>,
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::{Spanned, Table, Value};
@@ -58,6 +59,18 @@ struct RawCase {
     obligations: Option<Vec<String>>,
     #[serde(default)]
     rule_ids_include: Vec<String>,
+    #[serde(default)]
+    rule_ids: Option<Vec<String>>,
+    #[serde(default)]
+    legal_basis: Option<Vec<String>>,
+    #[serde(default)]
+    policy_id: Option<String>,
+    #[serde(default)]
+    policy_version: Option<String>,
+    #[serde(default)]
+    data_version: Option<String>,
+    #[serde(default)]
+    owners_followed: Option<Vec<String>>,
 }
 
 /// One compiled test case.
@@ -87,6 +100,23 @@ pub struct TestCase {
     pub obligations: Option<Vec<String>>,
     /// Strings `rule_ids` must contain.
     pub rule_ids_include: Vec<String>,
+    /// Expected `rule_ids`, exactly and in order, when given.
+    pub rule_ids: Option<Vec<String>>,
+    /// Expected `legal_basis`, exactly and in order, when given.
+    pub legal_basis: Option<Vec<String>>,
+    /// Expected policy id, policy version and data version the decision
+    /// records, when given.
+    pub policy_id: Option<String>,
+    /// See `policy_id`.
+    pub policy_version: Option<String>,
+    /// See `policy_id`.
+    pub data_version: Option<String>,
+    /// Expected owner records followed (`versions.owners`), as
+    /// `"<id>@<version>"`, exactly and in order, when given.
+    pub owners_followed: Option<Vec<String>>,
+    /// Every organization fixture of the file, by record id: the owner
+    /// records an ownership rule may follow.
+    pub owner_organizations: BTreeMap<String, Arc<OrgRecord>>,
 }
 
 impl TestCase {
@@ -105,6 +135,7 @@ impl TestCase {
             subject: self.subject.as_ref(),
             organization: self.organization.as_ref(),
             data_stale: self.data_stale,
+            owners: &self.owner_organizations,
         };
         let v = decide(policy, &elig, &self.request);
         let mut problems = Vec::new();
@@ -132,6 +163,39 @@ impl TestCase {
         for r in &self.rule_ids_include {
             if !v.rule_ids.contains(r) {
                 problems.push(format!("rule_ids: {r:?} missing from {:?}", v.rule_ids));
+            }
+        }
+        let mut exactly = |what: &str, expected: &Option<Vec<String>>, got: Vec<String>| {
+            if let Some(e) = expected {
+                if *e != got {
+                    problems.push(format!("{what}: expected {e:?}, got {got:?}"));
+                }
+            }
+        };
+        exactly("rule_ids", &self.rule_ids, v.rule_ids.clone());
+        exactly("legal_basis", &self.legal_basis, v.legal_basis.clone());
+        exactly(
+            "owners_followed",
+            &self.owners_followed,
+            v.versions
+                .owners
+                .iter()
+                .map(|o| format!("{}@{}", o.id, o.version))
+                .collect(),
+        );
+        for (what, expected, got) in [
+            ("policy_id", &self.policy_id, &v.versions.policy_id),
+            (
+                "policy_version",
+                &self.policy_version,
+                &v.versions.policy_version,
+            ),
+            ("data_version", &self.data_version, &v.versions.data_version),
+        ] {
+            if let Some(e) = expected {
+                if e != got {
+                    problems.push(format!("{what}: expected {e:?}, got {got:?}"));
+                }
             }
         }
         let msg = (!problems.is_empty()).then(|| problems.join("; "));
@@ -194,6 +258,21 @@ pub fn load_tests(text: &str, file: &str) -> Result<Vec<TestCase>, PolicyError> 
     let raw: RawTests = toml::from_str(text).map_err(|e| parse_error(text, file, &e))?;
     let mut issues = Vec::new();
     let mut cases = Vec::new();
+    // Every organization fixture, by its record id, for ownership chains.
+    let mut owner_fixtures: BTreeMap<String, Arc<OrgRecord>> = BTreeMap::new();
+    for (name, table) in &raw.organizations {
+        match Value::Table(table.clone()).try_into::<OrgRecord>() {
+            Ok(o) => {
+                owner_fixtures.insert(o.id.clone(), Arc::new(o));
+            }
+            Err(e) => issues.push(Issue {
+                line: 0,
+                column: 0,
+                field: format!("organizations.{name}"),
+                message: e.message().trim().to_string(),
+            }),
+        }
+    }
     for (i, c) in raw.cases.iter().enumerate() {
         let (line, column) = line_col(text, c.span().start);
         let mut issue = |field: &str, message: String| {
@@ -283,6 +362,7 @@ pub fn load_tests(text: &str, file: &str) -> Result<Vec<TestCase>, PolicyError> 
             other => other.to_string(),
         });
         if let (Some(request), Some(expect)) = (request, expect) {
+            let owner_organizations = owner_fixtures.clone();
             cases.push(TestCase {
                 name: rc.name.clone(),
                 scenario,
@@ -296,6 +376,13 @@ pub fn load_tests(text: &str, file: &str) -> Result<Vec<TestCase>, PolicyError> 
                 reasons: rc.reasons.clone(),
                 obligations: rc.obligations.clone(),
                 rule_ids_include: rc.rule_ids_include.clone(),
+                rule_ids: rc.rule_ids.clone(),
+                legal_basis: rc.legal_basis.clone(),
+                policy_id: rc.policy_id.clone(),
+                policy_version: rc.policy_version.clone(),
+                data_version: rc.data_version.clone(),
+                owners_followed: rc.owners_followed.clone(),
+                owner_organizations,
             });
         }
     }

@@ -189,7 +189,7 @@ async fn wait_status(
 }
 
 fn with_version(v: &str) -> String {
-    EXAMPLE.replace("version = \"2026.11.1\"", &format!("version = \"{v}\""))
+    EXAMPLE.replace("version = \"2026.12.1\"", &format!("version = \"{v}\""))
 }
 
 /// A policy published while 100,000 requests flow: every decision names
@@ -208,7 +208,7 @@ async fn policy_published_while_requests_flow() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(v1, "2026.11.1");
+    assert_eq!(v1, "2026.12.1");
 
     const N: usize = 100_000;
     const HALF: usize = N / 2;
@@ -246,7 +246,7 @@ async fn policy_published_while_requests_flow() {
     for d in first.values() {
         let v = &d.versions.policy_version;
         assert!(
-            v == "2026.11.1" || v == "2026.11.2",
+            v == "2026.12.1" || v == "2026.11.2",
             "{}: version {v}",
             d.request_id
         );
@@ -316,7 +316,7 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     })
     .await;
     assert_eq!(
-        s["policy"]["version"], "2026.11.1",
+        s["policy"]["version"], "2026.12.1",
         "previous policy stays active"
     );
     assert!(s["policy"]["rollout"]["last_rejection"]
@@ -350,7 +350,7 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
             .is_some_and(|a| !a.is_empty())
     })
     .await;
-    assert_eq!(s["policy"]["version"], "2026.11.1", "not applied early");
+    assert_eq!(s["policy"]["version"], "2026.12.1", "not applied early");
     let s = wait_status(&h, "activation", |s| s["policy"]["version"] == "2026.12.1").await;
     assert!(
         time::OffsetDateTime::now_utc() >= at,
