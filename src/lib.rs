@@ -21,7 +21,8 @@
 //! - [`metrics`]: every metric name, in one place.
 //! - [`config`]: the typed, layered configuration.
 //! - [`rollout`]: policy publishing, and the watcher that swaps a newly
-//!   published policy in (or schedules, or rejects it).
+//!   published policy in (or schedules, supersedes, or rejects it), by the
+//!   pure [`rollout::Timeline`].
 //! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
 //! - `shape` (private): objects and tables are read only from maps, never
 //!   from serde's positional form.

@@ -50,6 +50,9 @@ pub const POLICY_ACTIVATIONS_TOTAL: &str = "clearance_policy_activations_total";
 pub const POLICY_REJECTED_TOTAL: &str = "clearance_policy_rejected_total";
 /// Counter: published policies scheduled for a future `effective_from`.
 pub const POLICY_SCHEDULED_TOTAL: &str = "clearance_policy_scheduled_total";
+/// Counter: published policies superseded, never activated: read (or due)
+/// when one with a later effective time was already effective.
+pub const POLICY_SUPERSEDED_TOTAL: &str = "clearance_policy_superseded_total";
 /// Counter: eligibility snapshots written, by `outcome` (`ok`, `error`).
 pub const SNAPSHOT_WRITES_TOTAL: &str = "clearance_snapshot_writes_total";
 /// Counter: eligibility snapshots at startup, by `outcome` (`loaded`,
@@ -137,6 +140,10 @@ fn describe() {
     describe_counter!(
         POLICY_SCHEDULED_TOTAL,
         "Published policies scheduled for later."
+    );
+    describe_counter!(
+        POLICY_SUPERSEDED_TOTAL,
+        "Published policies superseded by one with a later effective time, never activated."
     );
     describe_counter!(
         SNAPSHOT_WRITES_TOTAL,

@@ -3,10 +3,20 @@
 //! `clearance policy publish FILE` validates a policy and publishes its text
 //! to the compacted policy topic. Every engine instance watches that topic
 //! ([`run`]): a valid policy is swapped in whole (decisions take one `Arc`
-//! of the policy each, so none sees half of one); a policy whose
-//! `effective_from` lies in the future is scheduled, not applied early; an
-//! invalid one is rejected with a log line and a metric, and the previous
-//! policy stays active.
+//! of the policy each, so none sees half of one); an invalid one is
+//! rejected with a log line and a metric, and the previous policy stays
+//! active.
+//!
+//! Which valid policy is active depends on the policy topic and the clock
+//! alone, so every instance agrees whenever it started ([`Timeline`]): the
+//! one with the latest effective time at or before now, ties going to the
+//! later offset. A policy's effective time is its `effective_from`, or,
+//! without one, its record's Kafka timestamp (the publish time, which every
+//! instance reads identically). A policy whose effective time is in the
+//! future is scheduled; one read after a policy with a later effective time
+//! was already effective is superseded: never activated (log line, metric,
+//! `/status`). The engine's file policy (`policy.file`) is active only
+//! until some policy of the topic is effective.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +26,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -130,8 +140,16 @@ pub struct RolloutInfo {
     pub rejected: u64,
     /// The last rejection's error.
     pub last_rejection: Option<String>,
-    /// Scheduled policies: (effective_from, version).
+    /// The effective time of the active topic policy (`None` while the
+    /// file policy is active).
+    pub active_effective: Option<String>,
+    /// Scheduled policies: (effective time, version), in activation order.
     pub scheduled: Vec<(String, String)>,
+    /// Policies superseded since start: read, or due, when one with a later
+    /// effective time was already effective, so never activated.
+    pub superseded: u64,
+    /// The last superseded policy: its source, version and effective time.
+    pub last_superseded: Option<String>,
     /// Next offset of the policy topic, per partition.
     pub positions: BTreeMap<i32, i64>,
 }
@@ -165,12 +183,136 @@ pub fn activate(active: &ActivePolicy, state: &RolloutState, p: CompiledPolicy, 
     g.active_source = source;
 }
 
+fn supersede(state: &RolloutState, p: &CompiledPolicy, source: &str, effective: OffsetDateTime) {
+    metrics::counter!(m::POLICY_SUPERSEDED_TOTAL).increment(1);
+    tracing::warn!(
+        %source,
+        policy_version = %p.version,
+        effective = %rfc3339(effective),
+        "published policy superseded: one with a later effective time is already effective; not activated"
+    );
+    let mut g = state.lock();
+    g.superseded += 1;
+    g.last_superseded = Some(format!(
+        "{source}: version {} effective {}",
+        p.version,
+        rfc3339(effective)
+    ));
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// What [`Timeline::offer`] did with a policy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer<T> {
+    /// Kept: it becomes active when [`Timeline::due`] reaches its time,
+    /// unless a later one is due by then.
+    Kept,
+    /// Not kept: a policy with a later (effective time, offset) is already
+    /// active, and time only moves forward, so this one can never be. The
+    /// item is handed back (for the log line).
+    Superseded(T),
+}
+
+/// What [`Timeline::due`] returns: the policy to activate now.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Due<T> {
+    /// Its effective time.
+    pub effective: OffsetDateTime,
+    /// Its offset on the policy topic.
+    pub offset: i64,
+    /// The policy.
+    pub item: T,
+    /// Policies that were due too but are superseded by this one (earlier
+    /// effective time, or the same and an earlier offset): never activated.
+    pub superseded: Vec<(OffsetDateTime, T)>,
+}
+
+/// The pure selection of the active policy from the policy topic and the
+/// clock: the policy with the latest effective time at or before now, ties
+/// going to the later offset (the policy topic has one partition).
+///
+/// Since time only moves forward, a policy superseded by one whose
+/// effective time has already come can never become active again: the
+/// timeline keeps only the key of the active policy and the pending ones
+/// (in practice the scheduled, future ones).
+#[derive(Debug)]
+pub struct Timeline<T> {
+    active: Option<(OffsetDateTime, i64)>,
+    pending: BTreeMap<(OffsetDateTime, i64), T>,
+}
+
+impl<T> Default for Timeline<T> {
+    fn default() -> Self {
+        Self {
+            active: None,
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Timeline<T> {
+    /// A policy read at `offset`, taking effect at `effective`.
+    pub fn offer(&mut self, effective: OffsetDateTime, offset: i64, item: T) -> Offer<T> {
+        let key = (effective, offset);
+        if self.active.is_some_and(|a| key <= a) {
+            return Offer::Superseded(item);
+        }
+        self.pending.insert(key, item);
+        Offer::Kept
+    }
+
+    /// The policy to activate at `now`, if another one than the active one
+    /// is due: the pending one with the greatest (effective time, offset)
+    /// at or before `now`. The other due ones are superseded by it.
+    pub fn due(&mut self, now: OffsetDateTime) -> Option<Due<T>> {
+        // Everything at or before (now, i64::MAX) is due; the rest waits.
+        let waiting = self.pending.split_off(&(now, i64::MAX));
+        let due = std::mem::replace(&mut self.pending, waiting);
+        let mut due: Vec<_> = due.into_iter().collect();
+        let ((effective, offset), item) = due.pop()?;
+        self.active = Some((effective, offset));
+        Some(Due {
+            effective,
+            offset,
+            item,
+            superseded: due.into_iter().map(|((t, _), p)| (t, p)).collect(),
+        })
+    }
+
+    /// The effective time and offset of the active policy (`None` before
+    /// the first one is due).
+    pub fn active(&self) -> Option<(OffsetDateTime, i64)> {
+        self.active
+    }
+
+    /// The pending policies in activation order, with their effective times.
+    pub fn pending(&self) -> impl Iterator<Item = (OffsetDateTime, &T)> {
+        self.pending.iter().map(|((t, _), p)| (*t, p))
+    }
+}
+
 fn reject(state: &RolloutState, source: &str, e: &PolicyError) {
     metrics::counter!(m::POLICY_REJECTED_TOTAL).increment(1);
     tracing::error!(%source, error = %e, "published policy rejected; the previous policy stays active");
     let mut g = state.lock();
     g.rejected += 1;
     g.last_rejection = Some(format!("{source}: {e}"));
+}
+
+/// The effective time of a policy without `effective_from`: its record's
+/// Kafka timestamp, the same on every instance.
+fn record_time(ts: Timestamp, source: &str) -> Result<OffsetDateTime, PolicyError> {
+    ts.to_millis()
+        .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+        .ok_or_else(|| PolicyError::Io {
+            path: source.to_string(),
+            message: "no effective_from and no record timestamp: its effective time is unknown"
+                .into(),
+        })
 }
 
 /// Watch the policy topic until `shutdown`. Blocking: run it on its own
@@ -220,23 +362,32 @@ pub fn run(
             source,
         })?;
     let mut caught: BTreeMap<i32, bool> = targets.iter().map(|(p, h)| (*p, *h == 0)).collect();
-    let mut scheduled: Vec<(OffsetDateTime, CompiledPolicy, String)> = Vec::new();
+    let mut timeline: Timeline<(CompiledPolicy, String)> = Timeline::default();
 
     while !shutdown.is_cancelled() {
-        if !state.is_ready() && caught.values().all(|c| *c) {
-            state.ready.store(true, Ordering::Release);
-            tracing::info!("policy topic caught up");
+        // Nothing is activated while the topic is read up to its startup
+        // end: the policies read so far are not all there is, and no
+        // request is decided before that anyway. Then the policy due now,
+        // and later the scheduled ones as their time comes; ready only
+        // after the first such activation.
+        if state.is_ready() || caught.values().all(|c| *c) {
+            let now = OffsetDateTime::now_utc();
+            if let Some(due) = timeline.due(now) {
+                for (t, (p, src)) in &due.superseded {
+                    supersede(&state, p, src, *t);
+                }
+                let (p, src) = due.item;
+                activate(&active, &state, p, src);
+                state.lock().active_effective = Some(rfc3339(due.effective));
+            }
+            if !state.is_ready() {
+                state.ready.store(true, Ordering::Release);
+                tracing::info!("policy topic caught up");
+            }
         }
-        // Scheduled policies whose time has come, in time order.
-        let now = OffsetDateTime::now_utc();
-        scheduled.sort_by_key(|(t, _, _)| *t);
-        while scheduled.first().is_some_and(|(t, _, _)| *t <= now) {
-            let (_, p, src) = scheduled.remove(0);
-            activate(&active, &state, p, src);
-        }
-        state.lock().scheduled = scheduled
-            .iter()
-            .map(|(t, p, _)| (t.to_string(), p.version.clone()))
+        state.lock().scheduled = timeline
+            .pending()
+            .map(|(t, (p, _))| (rfc3339(t), p.version.clone()))
             .collect();
 
         match consumer.poll(Duration::from_millis(100)) {
@@ -260,17 +411,28 @@ pub fn run(
                         path: source.clone(),
                         message: format!("not UTF-8: {e}"),
                     })
-                    .and_then(|text| CompiledPolicy::from_toml_str(text, &source));
-                match parsed {
-                    Err(e) => reject(&state, &source, &e),
-                    Ok(p) => match p.effective_from {
-                        Some(t) if t > OffsetDateTime::now_utc() => {
-                            tracing::info!(policy_version = %p.version, effective_from = %t, "policy scheduled");
-                            metrics::counter!(m::POLICY_SCHEDULED_TOTAL).increment(1);
-                            scheduled.push((t, p, source));
-                        }
-                        _ => activate(&active, &state, p, source),
-                    },
+                    .and_then(|text| CompiledPolicy::from_toml_str(text, &source))
+                    .and_then(|p| {
+                        let effective = match p.effective_from {
+                            Some(t) => t,
+                            None => record_time(msg.timestamp(), &source)?,
+                        };
+                        Ok((effective, p))
+                    });
+                let (effective, p) = match parsed {
+                    Err(e) => {
+                        reject(&state, &source, &e);
+                        continue;
+                    }
+                    Ok(x) => x,
+                };
+                if effective > OffsetDateTime::now_utc() {
+                    tracing::info!(policy_version = %p.version, effective = %rfc3339(effective), %source, "policy scheduled");
+                    metrics::counter!(m::POLICY_SCHEDULED_TOTAL).increment(1);
+                }
+                if let Offer::Superseded((p, source)) = timeline.offer(effective, off, (p, source))
+                {
+                    supersede(&state, &p, &source, effective);
                 }
             }
         }
@@ -298,6 +460,115 @@ mod tests {
         assert_eq!(active.current().version, "next");
         assert_eq!(state.info().activations, 1);
         assert_eq!(state.info().active_source, "test");
+    }
+
+    fn at(s: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s)
+    }
+
+    #[test]
+    fn the_latest_effective_time_wins_whatever_the_offset_order() {
+        // Offset order: "late" (effective 20) before "early" (effective 10).
+        let mut t = Timeline::default();
+        assert_eq!(t.offer(at(20), 0, "late"), Offer::Kept);
+        assert_eq!(t.offer(at(10), 1, "early"), Offer::Kept);
+        let d = t.due(at(30)).unwrap();
+        assert_eq!((d.item, d.effective, d.offset), ("late", at(20), 0));
+        assert_eq!(d.superseded, vec![(at(10), "early")]);
+        assert_eq!(t.active(), Some((at(20), 0)));
+        assert_eq!(t.due(at(40)), None, "nothing else is due");
+    }
+
+    #[test]
+    fn equal_effective_times_go_to_the_later_offset() {
+        let mut t = Timeline::default();
+        t.offer(at(10), 3, "later");
+        t.offer(at(10), 2, "earlier");
+        let d = t.due(at(10)).unwrap();
+        assert_eq!((d.item, d.offset), ("later", 3));
+        assert_eq!(d.superseded, vec![(at(10), "earlier")]);
+        // Read late with the same effective time and an earlier offset:
+        // superseded; with a later offset: it wins.
+        assert_eq!(t.offer(at(10), 1, "older"), Offer::Superseded("older"));
+        assert_eq!(t.offer(at(10), 4, "newest"), Offer::Kept);
+        assert_eq!(t.due(at(11)).unwrap().item, "newest");
+    }
+
+    #[test]
+    fn future_policies_activate_in_order_as_their_times_come() {
+        let mut t = Timeline::default();
+        t.offer(at(0), 0, "now");
+        t.offer(at(30), 1, "third");
+        t.offer(at(20), 2, "second");
+        assert_eq!(t.due(at(5)).unwrap().item, "now");
+        assert_eq!(
+            t.pending().map(|(e, p)| (e, *p)).collect::<Vec<_>>(),
+            [(at(20), "second"), (at(30), "third")]
+        );
+        assert_eq!(t.due(at(19)), None, "not early");
+        assert_eq!(t.due(at(20)).unwrap().item, "second");
+        assert_eq!(t.due(at(29)), None);
+        let d = t.due(at(31)).unwrap();
+        assert_eq!((d.item, d.superseded.len()), ("third", 0));
+        assert_eq!(t.pending().count(), 0);
+        // Two whose times both passed between looks: only the later is
+        // activated, the other never is.
+        t.offer(at(40), 3, "a");
+        t.offer(at(50), 4, "b");
+        let d = t.due(at(60)).unwrap();
+        assert_eq!((d.item, d.superseded), ("b", vec![(at(40), "a")]));
+    }
+
+    #[test]
+    fn late_read_older_policies_are_superseded() {
+        let mut t = Timeline::default();
+        t.offer(at(100), 0, "scheduled earlier, effective now");
+        assert_eq!(
+            t.due(at(150)).unwrap().item,
+            "scheduled earlier, effective now"
+        );
+        // Published later (higher offset) but effective before the active one.
+        assert_eq!(t.offer(at(90), 1, "older"), Offer::Superseded("older"));
+        assert_eq!(t.due(at(200)), None, "the active one stays");
+        assert_eq!(t.active(), Some((at(100), 0)));
+        // A later effective time, even in the past of now, is kept.
+        assert_eq!(t.offer(at(120), 2, "newer"), Offer::Kept);
+        assert_eq!(t.due(at(200)).unwrap().item, "newer");
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_first_effective_time() {
+        let mut t = Timeline::default();
+        assert_eq!(t.due(at(0)), None);
+        t.offer(at(10), 0, "p");
+        assert_eq!(t.due(at(9)), None);
+        assert_eq!(t.active(), None, "the file policy stays active");
+        assert_eq!(t.due(at(10)).unwrap().item, "p");
+    }
+
+    #[test]
+    fn record_time_is_the_kafka_timestamp() {
+        assert_eq!(
+            record_time(Timestamp::CreateTime(1_500), "s").unwrap(),
+            OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(1_500)
+        );
+        assert_eq!(
+            record_time(Timestamp::LogAppendTime(2_000), "s").unwrap(),
+            at(2)
+        );
+        assert!(record_time(Timestamp::NotAvailable, "s").is_err());
+    }
+
+    #[test]
+    fn superseded_policies_are_recorded() {
+        let state = RolloutState::default();
+        supersede(&state, &CompiledPolicy::example(), "t[0]@1", at(0));
+        let info = state.info();
+        assert_eq!(info.superseded, 1);
+        assert!(info
+            .last_superseded
+            .unwrap()
+            .starts_with("t[0]@1: version 2026.11.1"));
     }
 
     #[test]

@@ -358,3 +358,92 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     );
     stop_engine(h, stop).await;
 }
+
+/// The active policy is a function of the policy topic and the clock, the
+/// same on every instance whenever it started: P1 is published with an
+/// `effective_from` a little ahead, then P2 without one (effective at its
+/// publish time, so before P1). An instance started before P1's time runs
+/// P2, then switches to P1 when its time comes; an instance started after
+/// P1's time starts on P1 (not on P2, the later record), and counts P2 as
+/// superseded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_agree_on_the_active_policy_whenever_they_start() {
+    let cfg = test_config("timeline");
+    create_topics(&cfg).await;
+
+    // Generous lead: instance A must have started and read the topic before
+    // P1's time for the scenario to mean anything (checked below).
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(15);
+    let at_s = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let p1 = with_version("2026.12.1").replacen(
+        "[policy]",
+        &format!("effective_from = \"{at_s}\"\n\n[policy]"),
+        1,
+    );
+    clearance::rollout::publish_text(&cfg, &p1, "p1.toml")
+        .await
+        .expect("publish P1");
+    clearance::rollout::publish_text(&cfg, &with_version("2026.12.2"), "p2.toml")
+        .await
+        .expect("publish P2");
+
+    let mut cfg_a = cfg.clone();
+    cfg_a.engine.instance_id = format!("{}-a", cfg.engine.instance_id);
+    let (a, stop_a) = start_engine(&cfg_a).await;
+    let s = wait_status(&a, "A ready", |s| s["ready"] == true).await;
+    let seen = time::OffsetDateTime::now_utc();
+    assert!(
+        seen < at,
+        "instance A took until {seen} to be ready, after P1's time {at}: \
+         the scenario needs it earlier"
+    );
+    assert_eq!(
+        s["policy"]["version"], "2026.12.2",
+        "before P1's time, A runs P2: {s}"
+    );
+    assert_eq!(
+        s["policy"]["rollout"]["scheduled"][0][1], "2026.12.1",
+        "P1 is scheduled on A: {s}"
+    );
+
+    let s = wait_status(&a, "P1 active on A", |s| {
+        s["policy"]["version"] == "2026.12.1"
+    })
+    .await;
+    assert!(
+        time::OffsetDateTime::now_utc() >= at,
+        "P1 activated at or after its effective_from: {s}"
+    );
+
+    // B starts after P1's time: it reads P1 and then P2, and must still
+    // end up on P1.
+    let mut cfg_b = cfg.clone();
+    cfg_b.engine.instance_id = format!("{}-b", cfg.engine.instance_id);
+    let (b, stop_b) = start_engine(&cfg_b).await;
+    let s = wait_status(&b, "B ready", |s| s["ready"] == true).await;
+    assert_eq!(
+        s["policy"]["version"], "2026.12.1",
+        "B, started after P1's time, runs P1 as soon as it is ready: {s}"
+    );
+    assert_eq!(
+        s["policy"]["rollout"]["superseded"], 1,
+        "B counts P2 as superseded: {s}"
+    );
+    let (_, metrics) = clearance::admin::get(b.admin_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("clearance_policy_superseded_total"),
+        "superseded metric"
+    );
+    // A never goes back to P2, and both agree.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (name, h) in [("A", &a), ("B", &b)] {
+        let s = engine_status(h).await;
+        assert_eq!(s["policy"]["version"], "2026.12.1", "{name}: {s}");
+    }
+    stop_engine(b, stop_b).await;
+    stop_engine(a, stop_a).await;
+}
