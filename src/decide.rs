@@ -1640,7 +1640,12 @@ mod tests {
     #[test]
     fn regions_by_subdivision_and_postal_code() {
         let us = user(UsPersonStatus::Citizen, &[("US", None)]);
-        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a [&'a str]);
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a [&'a str],
+        );
         let cases: &[Case<'_>] = &[
             // The fail-open: a DNR postal code without a subdivision.
             (

@@ -568,7 +568,7 @@ mod tests {
         assert!(info
             .last_superseded
             .unwrap()
-            .starts_with("t[0]@1: version 2026.11.1"));
+            .starts_with("t[0]@1: version 2026.12.1"));
     }
 
     #[test]

@@ -64,6 +64,19 @@ async fn scenarios_through_the_broker(policy_text: &str, mode: Option<&str>) -> 
                     *s = format!("{prefix}{s}");
                 }
             }
+            for owner in &mut o.owners {
+                owner.id = format!("{prefix}{}", owner.id);
+            }
+            records.push(EligibilityRecord::Organization(o));
+        }
+        // Every organization fixture is a record an ownership rule may
+        // follow: publish them all under the case's prefix.
+        for o in c.owner_organizations.values() {
+            let mut o = (**o).clone();
+            o.id = format!("{prefix}{}", o.id);
+            for owner in &mut o.owners {
+                owner.id = format!("{prefix}{}", owner.id);
+            }
             records.push(EligibilityRecord::Organization(o));
         }
         requests.push((
@@ -336,7 +349,7 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     let at_s = at
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let future = with_version("2026.12.1").replacen(
+    let future = with_version("2026.12.5").replacen(
         "[policy]",
         &format!("effective_from = \"{at_s}\"\n\n[policy]"),
         1,
@@ -351,7 +364,7 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     })
     .await;
     assert_eq!(s["policy"]["version"], "2026.12.1", "not applied early");
-    let s = wait_status(&h, "activation", |s| s["policy"]["version"] == "2026.12.1").await;
+    let s = wait_status(&h, "activation", |s| s["policy"]["version"] == "2026.12.5").await;
     assert!(
         time::OffsetDateTime::now_utc() >= at,
         "activated at or after effective_from: {s}"
@@ -377,7 +390,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
     let at_s = at
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let p1 = with_version("2026.12.1").replacen(
+    let p1 = with_version("2026.12.5").replacen(
         "[policy]",
         &format!("effective_from = \"{at_s}\"\n\n[policy]"),
         1,
@@ -385,7 +398,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
     clearance::rollout::publish_text(&cfg, &p1, "p1.toml")
         .await
         .expect("publish P1");
-    clearance::rollout::publish_text(&cfg, &with_version("2026.12.2"), "p2.toml")
+    clearance::rollout::publish_text(&cfg, &with_version("2026.12.6"), "p2.toml")
         .await
         .expect("publish P2");
 
@@ -400,16 +413,16 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
          the scenario needs it earlier"
     );
     assert_eq!(
-        s["policy"]["version"], "2026.12.2",
+        s["policy"]["version"], "2026.12.6",
         "before P1's time, A runs P2: {s}"
     );
     assert_eq!(
-        s["policy"]["rollout"]["scheduled"][0][1], "2026.12.1",
+        s["policy"]["rollout"]["scheduled"][0][1], "2026.12.5",
         "P1 is scheduled on A: {s}"
     );
 
     let s = wait_status(&a, "P1 active on A", |s| {
-        s["policy"]["version"] == "2026.12.1"
+        s["policy"]["version"] == "2026.12.5"
     })
     .await;
     assert!(
@@ -424,7 +437,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
     let (b, stop_b) = start_engine(&cfg_b).await;
     let s = wait_status(&b, "B ready", |s| s["ready"] == true).await;
     assert_eq!(
-        s["policy"]["version"], "2026.12.1",
+        s["policy"]["version"], "2026.12.5",
         "B, started after P1's time, runs P1 as soon as it is ready: {s}"
     );
     assert_eq!(
@@ -442,7 +455,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (name, h) in [("A", &a), ("B", &b)] {
         let s = engine_status(h).await;
-        assert_eq!(s["policy"]["version"], "2026.12.1", "{name}: {s}");
+        assert_eq!(s["policy"]["version"], "2026.12.5", "{name}: {s}");
     }
     stop_engine(b, stop_b).await;
     stop_engine(a, stop_a).await;
