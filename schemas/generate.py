@@ -448,6 +448,13 @@ DEFS["Versions"] = obj(
         "data_version": desc(
             "Version of the country lists and tables the policy carries.", STRING
         ),
+        "policy_digest": desc(
+            "SHA-256 (lower-case hex) of the policy text the decision was made with: "
+            "replay takes the text of (policy_id, policy_version) from the policy "
+            "history and checks it has this digest. Empty only in decisions recorded "
+            "before digests were.",
+            {"type": "string", "pattern": "^([0-9a-f]{64}(\\+.*)?)?$"},
+        ),
         "subject": nullable(
             desc("The subject record used, if there was one.", ref("RecordVersion"))
         ),

@@ -281,6 +281,7 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
         policy_id: policy.id.clone(),
         policy_version: policy.version.clone(),
         data_version: policy.data_version.clone(),
+        policy_digest: policy.digest.clone(),
         subject: elig.subject.map(|u| RecordVersion {
             id: u.id.clone(),
             version: u.version,

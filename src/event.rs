@@ -427,6 +427,12 @@ pub struct Versions {
     pub policy_version: String,
     /// Version of the country lists and tables the policy carries.
     pub data_version: String,
+    /// SHA-256 (hex) of the policy text the decision was made with: replay
+    /// takes the text of (`policy_id`, `policy_version`) from the policy
+    /// history and checks it has this digest. Empty only in decisions
+    /// recorded before digests were.
+    #[serde(default)]
+    pub policy_digest: String,
     /// The subject record used, if there was one.
     pub subject: Option<RecordVersion>,
     /// The organization record used, if there was one.

@@ -960,6 +960,7 @@ pub fn malformed_decision(
             policy_id: policy.id.clone(),
             policy_version: policy.version.clone(),
             data_version: policy.data_version.clone(),
+            policy_digest: policy.digest.clone(),
             subject: None::<RecordVersion>,
             organization: None,
             owners: Vec::new(),

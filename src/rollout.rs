@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::kafka::{base_config, EofAwareContext, KafkaBoundaryError};
 use crate::metrics as m;
 use crate::pipeline::ActivePolicy;
-use crate::policy::{CompiledPolicy, PolicyError};
+use crate::policy::{CompiledPolicy, PolicyError, PolicyHistory};
 
 /// Errors of publishing or watching policies.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,14 @@ pub enum RolloutError {
     /// Publishing failed (retryable: the broker may be down).
     #[error("publishing failed: {0}")]
     Publish(KafkaError),
+    /// The policy topic could not be read to its end in time (retryable).
+    #[error("policy topic {topic}: partitions {missing:?} not read to their end in time")]
+    HistoryIncomplete {
+        /// The topic.
+        topic: String,
+        /// Partitions not read to their end.
+        missing: Vec<i32>,
+    },
 }
 
 /// Where a published policy landed.
@@ -68,7 +76,8 @@ pub struct Published {
     pub offset: i64,
 }
 
-/// Validate `path` and publish it to the policy topic (key: the policy id).
+/// Validate `path` and publish it to the policy topic (key:
+/// `<id>@<version>`, see [`crate::policy::history`]).
 pub async fn publish(cfg: &Config, path: &Path) -> Result<Published, RolloutError> {
     let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Io {
         path: path.display().to_string(),
@@ -84,7 +93,10 @@ pub async fn publish_text(
     source: &str,
 ) -> Result<Published, RolloutError> {
     let policy = CompiledPolicy::from_toml_str(text, source)?;
-    let (partition, offset) = publish_unchecked(cfg, &policy.id, text.as_bytes()).await?;
+    // Keyed by id@version: compaction keeps every version (the policy
+    // history that replay reads), not only the latest of each id.
+    let key = crate::policy::history_key(&policy.id, &policy.version);
+    let (partition, offset) = publish_unchecked(cfg, &key, text.as_bytes()).await?;
     Ok(Published {
         id: policy.id.clone(),
         version: policy.version.clone(),
@@ -120,6 +132,79 @@ pub async fn publish_unchecked(
         .await
         .map_err(|(e, _)| RolloutError::Publish(e))?;
     Ok((delivery.partition, delivery.offset))
+}
+
+/// Read the whole policy topic, from its start to its current end, into a
+/// [`PolicyHistory`]: every version ever published (the topic is keyed
+/// `<id>@<version>`, so compaction keeps each), for replay. Invalid records
+/// are listed in [`PolicyHistory::invalid`].
+pub fn read_history(cfg: &Config, timeout: Duration) -> Result<PolicyHistory, RolloutError> {
+    let topic = cfg.topics.policy.clone();
+    let consumer: BaseConsumer<EofAwareContext> = base_config(&cfg.kafka, "policy-history")
+        .set("group.id", format!("{}-history-unused", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(EofAwareContext {
+            what: "policy history reader",
+        })
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "policy history reader",
+            source,
+        })?;
+    let never = CancellationToken::new();
+    let partitions = crate::kafka::topic_partitions(&consumer, &topic, &never)?.unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, *p, Duration::from_secs(10))
+            .map_err(|e| KafkaBoundaryError::Metadata {
+                topic: topic.clone(),
+                source: e,
+            })?;
+        if high > low {
+            ends.insert(*p, high);
+        }
+        tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+            .map_err(|source| KafkaBoundaryError::Client {
+                what: "policy history assignment",
+                source,
+            })?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "policy history assignment",
+            source,
+        })?;
+    let mut history = PolicyHistory::new();
+    let deadline = std::time::Instant::now() + timeout;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(RolloutError::HistoryIncomplete {
+                topic,
+                missing: ends.keys().copied().collect(),
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "policy history: consumer error"),
+            Some(Ok(msg)) => {
+                let (p, off) = (msg.partition(), msg.offset());
+                if ends.get(&p).is_some_and(|end| off + 1 >= *end) {
+                    ends.remove(&p);
+                }
+                let source = format!("{topic}[{p}]@{off}");
+                match msg.payload().map(std::str::from_utf8) {
+                    None => {} // a tombstone retires a key; nothing to keep
+                    Some(Ok(text)) => history.add_text(text, &source),
+                    Some(Err(e)) => history.invalid.push((source, format!("not UTF-8: {e}"))),
+                }
+            }
+        }
+    }
+    Ok(history)
 }
 
 /// The rollout state, shared with the admin API.

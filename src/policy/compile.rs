@@ -395,6 +395,7 @@ pub(crate) fn compile(text: &str, file: &str) -> Result<CompiledPolicy, PolicyEr
         version: raw.policy.0.version.into_inner(),
         data_version: raw.data.0.version.into_inner(),
         source: file.to_string(),
+        digest: super::digest(text),
         effective_from,
         settings,
         sets,

@@ -11,6 +11,7 @@
 mod compile;
 pub mod country;
 pub mod diff;
+pub mod history;
 mod raw;
 pub mod testing;
 
@@ -20,6 +21,7 @@ use std::path::Path;
 
 pub use country::CountrySet;
 pub use diff::{diff, diff_files, PolicyDiff};
+pub use history::{history_key, HistoryMiss, PolicyHistory};
 pub use testing::{run_tests, TestFailure, TestReport};
 
 use crate::event::ScreeningStatus;
@@ -345,6 +347,9 @@ pub struct CompiledPolicy {
     pub data_version: String,
     /// Where the policy was read from (a path or `"<example>"`).
     pub source: String,
+    /// SHA-256 of the policy text, lower-case hex ([`digest`]): recorded in
+    /// every decision, so a replay proves it evaluates the very same text.
+    pub digest: String,
     /// When the policy takes effect (top-level `effective_from`, RFC 3339).
     /// `None`: as soon as it is loaded. The engine schedules a policy whose
     /// `effective_from` is in the future; [`crate::decide::decide`] itself
@@ -411,10 +416,14 @@ impl CompiledPolicy {
         &self.all_scope_rules
     }
 
-    /// A copy of this policy with another nationality mode.
+    /// A copy of this policy with another nationality mode (policy tests).
+    /// It is no longer the text its digest names, so the digest says so.
     pub fn with_nationality_mode(&self, mode: NationalityMode) -> CompiledPolicy {
         let mut p = self.clone();
         p.settings.nationality_mode = mode;
+        if mode != self.settings.nationality_mode {
+            p.digest = format!("{}+nationality_mode={}", self.digest, mode.as_str());
+        }
         p
     }
 
@@ -424,6 +433,19 @@ impl CompiledPolicy {
     pub fn warnings(&self) -> Vec<String> {
         compile::warnings(self)
     }
+}
+
+/// The SHA-256 of a policy text, lower-case hex: the identity of the exact
+/// text a decision was made with.
+pub fn digest(text: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in d {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// Validate a policy text: `Ok(warnings)` when it compiles, or the error
