@@ -8,3 +8,4 @@ mod pipeline;
 mod policy;
 mod process;
 mod schemas;
+mod tombstones;
