@@ -155,6 +155,11 @@ pub struct EngineConfig {
     /// Give up waiting for the change feed to catch up after this long at
     /// startup (0: wait forever).
     pub feed_catchup_timeout_secs: u64,
+    /// Most deletion markers held (keys a tombstone deleted, with the
+    /// version it deleted, so that a late older record stays stale). Beyond
+    /// it the oldest marker is evicted, and a very late older record of
+    /// that key would be applied again. At least 1.
+    pub deletion_markers_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -175,6 +180,7 @@ impl Default for EngineConfig {
             snapshot_path: None,
             snapshot_interval_secs: 60,
             feed_catchup_timeout_secs: 0,
+            deletion_markers_max: crate::eligibility::DEFAULT_DELETION_MARKERS_MAX,
         }
     }
 }
@@ -464,6 +470,12 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     if cfg.engine.snapshot_interval_secs < 1 {
         bad("engine.snapshot_interval_secs", "must be at least 1".into());
     }
+    if cfg.engine.deletion_markers_max < 1 {
+        bad(
+            "engine.deletion_markers_max",
+            "must be at least 1 (a deleted record could come back without markers)".into(),
+        );
+    }
     if cfg.engine.max_input_bytes < 256 {
         bad("engine.max_input_bytes", "must be at least 256".into());
     }
@@ -530,6 +542,28 @@ mod tests {
         assert_eq!(c.kafka.group_id, "g");
         assert_eq!(c.engine.workers, 2);
         assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn deletion_markers_max_defaults_layers_and_rejects_zero() {
+        assert_eq!(Config::default().engine.deletion_markers_max, 1_000_000);
+        let c = load(
+            None,
+            env(&[("CLEARANCE_ENGINE__DELETION_MARKERS_MAX", "5000")]),
+        )
+        .unwrap();
+        assert_eq!(c.engine.deletion_markers_max, 5000);
+        let err = load(
+            None,
+            env(&[("CLEARANCE_ENGINE__DELETION_MARKERS_MAX", "0")]),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(errs) = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "engine.deletion_markers_max");
+        assert_eq!(errs[0].origin, "CLEARANCE_ENGINE__DELETION_MARKERS_MAX");
     }
 
     #[test]

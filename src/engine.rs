@@ -99,6 +99,7 @@ impl StatusSource for EngineState {
             "eligibility": {
                 "users": self.store.user_count(),
                 "organizations": self.store.org_count(),
+                "deletion_markers": self.store.deletion_marker_count(),
             },
             "feed": self.feed.positions(),
             "snapshot": self.snapshot,
@@ -136,10 +137,18 @@ fn instance_id(cfg: &Config) -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// What a start without a usable snapshot gets: an empty store, the feed
-/// from its beginning, and `status` to report.
-fn full_bootstrap(status: serde_json::Value) -> (Store, BTreeMap<i32, i64>, serde_json::Value) {
-    (Store::new(), BTreeMap::new(), status)
+/// What a start without a usable snapshot gets: an empty store (holding at
+/// most `markers_max` deletion markers), the feed from its beginning, and
+/// `status` to report.
+fn full_bootstrap(
+    markers_max: usize,
+    status: serde_json::Value,
+) -> (Store, BTreeMap<i32, i64>, serde_json::Value) {
+    (
+        Store::new().with_deletion_markers_max(markers_max),
+        BTreeMap::new(),
+        status,
+    )
 }
 
 /// Load the eligibility snapshot, if one is configured and valid: the store,
@@ -147,36 +156,44 @@ fn full_bootstrap(status: serde_json::Value) -> (Store, BTreeMap<i32, i64>, serd
 /// snapshot is rejected with a log line; the store is empty and the feed
 /// replays from the beginning (full bootstrap). Blocking.
 fn load_snapshot(cfg: &Config) -> (Store, BTreeMap<i32, i64>, serde_json::Value) {
+    let markers_max = cfg.engine.deletion_markers_max;
     let Some(path) = &cfg.engine.snapshot_path else {
-        return full_bootstrap(serde_json::json!({ "status": "none" }));
+        return full_bootstrap(markers_max, serde_json::json!({ "status": "none" }));
     };
     crate::eligibility::snapshot::remove_leftovers(path);
     let outcome =
         |o: &'static str| metrics::counter!(m::SNAPSHOT_LOADS_TOTAL, "outcome" => o).increment(1);
     if !path.exists() {
         outcome("absent");
-        return full_bootstrap(serde_json::json!({ "status": "absent", "path": path }));
+        return full_bootstrap(
+            markers_max,
+            serde_json::json!({ "status": "absent", "path": path }),
+        );
     }
     let started = std::time::Instant::now();
-    match crate::eligibility::snapshot::load(path) {
+    match crate::eligibility::snapshot::load(path, markers_max) {
         Ok((store, info)) => {
             outcome("loaded");
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 records = info.records,
+                deletion_markers = info.markers,
                 secs,
                 "eligibility snapshot loaded; catching up from its positions"
             );
             (
                 store,
                 info.positions.clone(),
-                serde_json::json!({ "status": "loaded", "records": info.records, "positions": info.positions, "load_secs": secs }),
+                serde_json::json!({ "status": "loaded", "records": info.records, "deletion_markers": info.markers, "positions": info.positions, "load_secs": secs }),
             )
         }
         Err(e) => {
             outcome("rejected");
             tracing::warn!(error = %e, "eligibility snapshot rejected; full bootstrap from the change feed");
-            full_bootstrap(serde_json::json!({ "status": "rejected", "reason": e.to_string() }))
+            full_bootstrap(
+                markers_max,
+                serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
+            )
         }
     }
 }
@@ -237,12 +254,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         shutdown.clone(),
     );
     let (store, start_positions, snapshot) = {
+        let markers_max = cfg.engine.deletion_markers_max;
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || load_snapshot(&cfg))
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "eligibility snapshot: the loading task failed; full bootstrap");
-                full_bootstrap(serde_json::json!({ "status": "rejected", "reason": e.to_string() }))
+                full_bootstrap(
+                    markers_max,
+                    serde_json::json!({ "status": "rejected", "reason": e.to_string() }),
+                )
             })
     };
     let store = Arc::new(store);

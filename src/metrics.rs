@@ -21,6 +21,14 @@ pub const ELIGIBILITY_RECORDS: &str = "clearance_eligibility_records";
 /// Counter: change-feed records applied, by `result` (inserted, updated,
 /// stale, deleted, absent, invalid).
 pub const ELIGIBILITY_APPLIED_TOTAL: &str = "clearance_eligibility_applied_total";
+/// Gauge: deletion markers held (keys a tombstone deleted, with the
+/// version it deleted), bounded by `engine.deletion_markers_max`.
+pub const DELETION_MARKERS: &str = "clearance_eligibility_deletion_markers";
+/// Counter: deletion markers evicted, oldest first, beyond
+/// `engine.deletion_markers_max` (a very late older record of an evicted
+/// key would be applied again).
+pub const DELETION_MARKER_EVICTIONS_TOTAL: &str =
+    "clearance_eligibility_deletion_marker_evictions_total";
 /// Gauge: change-feed messages not yet applied, per `partition`.
 pub const FEED_LAG_MESSAGES: &str = "clearance_feed_lag_messages";
 /// Gauge: seconds since the Kafka timestamp of the last applied change-feed record.
@@ -107,6 +115,14 @@ fn describe() {
     describe_counter!(
         ELIGIBILITY_APPLIED_TOTAL,
         "Change-feed records applied, by result."
+    );
+    describe_gauge!(
+        DELETION_MARKERS,
+        "Deletion markers held (deleted keys and the version deleted)."
+    );
+    describe_counter!(
+        DELETION_MARKER_EVICTIONS_TOTAL,
+        "Deletion markers evicted beyond engine.deletion_markers_max."
     );
     describe_gauge!(FEED_LAG_MESSAGES, "Change-feed lag per partition.");
     describe_gauge!(

@@ -380,6 +380,7 @@ pub fn run(
 fn update_counts(store: &Store) {
     metrics::gauge!(m::ELIGIBILITY_RECORDS, "kind" => "user").set(store.user_count() as f64);
     metrics::gauge!(m::ELIGIBILITY_RECORDS, "kind" => "organization").set(store.org_count() as f64);
+    metrics::gauge!(m::DELETION_MARKERS).set(store.deletion_marker_count() as f64);
 }
 
 fn apply<M: Message>(

@@ -1,19 +1,28 @@
 //! Snapshots of the eligibility store, for a warm restart.
 //!
-//! File layout (format 2):
+//! File layout (format 3):
 //!
 //! | bytes | what |
 //! |---|---|
-//! | 8 | magic `CLRSNAP2` |
+//! | 8 | magic `CLRSNAP3` |
 //! | 4 | CRC-32 (little-endian) of the body |
 //! | 8 | body length in bytes (little-endian) |
 //! | … | body |
 //!
 //! The body is a bincode stream: a [`Header`] (format, the change-feed
-//! positions the snapshot reflects, the record counts), then every user
-//! record, then every organization record, each in a snapshot-only binary
-//! form ([`SnapUser`], [`SnapOrg`]: the change-feed types skip absent
-//! optional fields, which a non-self-describing format cannot do).
+//! positions the snapshot reflects, the record and marker counts), then
+//! every user record, then every organization record, each in a
+//! snapshot-only binary form ([`SnapUser`], [`SnapOrg`]: the change-feed
+//! types skip absent optional fields, which a non-self-describing format
+//! cannot do), then every deletion marker, oldest first ([`SnapMarker`]:
+//! kind, id, the version a tombstone deleted).
+//!
+//! Format 3 added the deletion markers. A format-2 (or older) snapshot is
+//! rejected as incompatible, so the first start after the upgrade does a
+//! full bootstrap: a format-2 snapshot knows nothing of the deletions before
+//! its positions, so loading it could let a late older record bring a
+//! deleted key back; the replay rebuilds the markers from the tombstones
+//! still in the change feed.
 //!
 //! Writing streams the records through a buffered file writer: memory stays
 //! at one `Arc` per record (collected in [`View`]) whatever the size of the
@@ -34,17 +43,18 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::Store;
+use super::{DeletionMarker, Store};
 use crate::event::{
-    Authorization, Citizenship, CountryCode, EligibilityRecord, OrgRecord, Owner, OwnerKind,
-    PermanentResidency, Relationship, ResidencyStatus, Revocation, ScreeningHit, ScreeningStatus,
-    UsPersonStatus, UserRecord, Verification, VerificationStatus,
+    Authorization, Citizenship, CountryCode, EligibilityRecord, KeyKind, OrgRecord, Owner,
+    OwnerKind, PermanentResidency, Relationship, ResidencyStatus, Revocation, ScreeningHit,
+    ScreeningStatus, UsPersonStatus, UserRecord, Verification, VerificationStatus,
 };
 use crate::metrics as m;
 
-const MAGIC: &[u8; 8] = b"CLRSNAP2";
-/// Earlier magics this engine recognises but cannot read.
-const OLD_MAGICS: [&[u8; 8]; 1] = [b"CLRSNAP1"];
+const MAGIC: &[u8; 8] = b"CLRSNAP3";
+/// Earlier magics this engine recognises but does not read (format 2 has
+/// no deletion markers, nor owner kinds: a full bootstrap rebuilds them).
+const OLD_MAGICS: [&[u8; 8]; 2] = [b"CLRSNAP1", b"CLRSNAP2"];
 const FORMAT: u32 = 3;
 const PREAMBLE: usize = 8 + 4 + 8;
 /// Upper bound for one decoded record: a corrupted length never makes the
@@ -81,6 +91,7 @@ struct Header {
     positions: BTreeMap<i32, i64>,
     users: u64,
     orgs: u64,
+    markers: u64,
 }
 
 /// What a snapshot held.
@@ -88,6 +99,8 @@ struct Header {
 pub struct SnapshotInfo {
     /// Records in it.
     pub records: usize,
+    /// Deletion markers in it.
+    pub markers: usize,
     /// The change-feed positions it reflects.
     pub positions: BTreeMap<i32, i64>,
     /// File size in bytes.
@@ -95,7 +108,8 @@ pub struct SnapshotInfo {
 }
 
 /// A consistent view of the store to snapshot: the records (shared, not
-/// copied) and the change-feed positions they reflect. Take it with
+/// copied), the deletion markers, and the change-feed positions they
+/// reflect. Take it with
 /// [`View::capture`] while no change-feed record is being applied (the feed
 /// task does, between two polls); write it with [`View::write`], on any
 /// thread, while the feed goes on.
@@ -103,6 +117,7 @@ pub struct SnapshotInfo {
 pub struct View {
     users: Vec<Arc<UserRecord>>,
     orgs: Vec<Arc<OrgRecord>>,
+    markers: Vec<DeletionMarker>,
     positions: BTreeMap<i32, i64>,
 }
 
@@ -132,14 +147,21 @@ impl<W: Write> Write for Summing<W> {
 }
 
 impl View {
-    /// Capture the store's records and the positions they reflect.
+    /// Capture the store's records, its deletion markers and the positions
+    /// they reflect (all three from between the same two records).
     pub fn capture(store: &Store, positions: &BTreeMap<i32, i64>) -> Self {
         let (users, orgs) = store.shared_records();
         View {
             users,
             orgs,
+            markers: store.deletion_markers(),
             positions: positions.clone(),
         }
+    }
+
+    /// Deletion markers in the view.
+    pub fn markers(&self) -> usize {
+        self.markers.len()
     }
 
     /// Records in the view.
@@ -191,6 +213,7 @@ impl View {
             positions: self.positions.clone(),
             users: self.users.len() as u64,
             orgs: self.orgs.len() as u64,
+            markers: self.markers.len() as u64,
         };
         codec().serialize_into(&mut body, &header).map_err(enc)?;
         for u in &self.users {
@@ -203,6 +226,11 @@ impl View {
                 .serialize_into(&mut body, &SnapOrg::from(&**o))
                 .map_err(enc)?;
         }
+        for mk in &self.markers {
+            codec()
+                .serialize_into(&mut body, &SnapMarkerRef::from(mk))
+                .map_err(enc)?;
+        }
         let Summing { inner, crc, len } = body;
         let mut file = inner.into_inner().map_err(|e| io(e.into_error()))?;
         file.seek(SeekFrom::Start(8)).map_err(io)?;
@@ -213,6 +241,7 @@ impl View {
         std::fs::rename(tmp, path).map_err(io)?;
         Ok(SnapshotInfo {
             records: self.len(),
+            markers: self.markers.len(),
             positions: self.positions.clone(),
             bytes: PREAMBLE as u64 + len,
         })
@@ -275,7 +304,7 @@ fn write_logged(view: &View, path: &Path) {
             let secs = started.elapsed().as_secs_f64();
             metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "outcome" => "ok").increment(1);
             metrics::gauge!(m::SNAPSHOT_WRITE_SECONDS).set(secs);
-            tracing::info!(records = info.records, bytes = info.bytes, secs, path = %path.display(), "eligibility snapshot written");
+            tracing::info!(records = info.records, deletion_markers = info.markers, bytes = info.bytes, secs, path = %path.display(), "eligibility snapshot written");
         }
         Err(e) => {
             metrics::counter!(m::SNAPSHOT_WRITES_TOTAL, "outcome" => "error").increment(1);
@@ -375,13 +404,14 @@ pub fn write(
     View::capture(store, positions).write(path)
 }
 
-/// Load a snapshot into a new store, sized for its records. Nothing comes
-/// out unless the whole snapshot checks out: on any error the partly
-/// filled store is dropped.
+/// Load a snapshot into a new store, sized for its records and holding at
+/// most `markers_max` deletion markers (beyond it the oldest of the
+/// snapshot's are evicted). Nothing comes out unless the whole snapshot
+/// checks out: on any error the partly filled store is dropped.
 ///
 /// The checksum is verified over the whole file before anything is decoded;
 /// then this thread decodes the records while a second one applies them.
-pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
+pub fn load(path: &Path, markers_max: usize) -> Result<(Store, SnapshotInfo), SnapshotError> {
     let io = |e: std::io::Error| SnapshotError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -447,20 +477,34 @@ pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
     // Counts come from a checksummed header, but bound the pre-allocation
     // by what the file can hold anyway.
     let cap = |n: u64| usize::try_from(n).unwrap_or(0).min(size as usize / 16);
-    let store = Store::with_capacity(cap(header.users), cap(header.orgs));
+    let store = Store::with_capacity(cap(header.users), cap(header.orgs))
+        .with_deletion_markers_max(markers_max);
     const BATCH: usize = 4096;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<EligibilityRecord>>(8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(8);
     let decoded = std::thread::scope(|scope| {
-        let applier = scope.spawn(|| {
+        // The records come first, then the markers (one channel: in order).
+        let applier = scope.spawn(|| -> Result<(), String> {
             for batch in rx {
-                for rec in batch {
-                    store.apply(rec);
+                for item in batch {
+                    match item {
+                        Item::Record(rec) => {
+                            store.apply(rec);
+                        }
+                        Item::Marker(kind, id, version) => {
+                            if !store.restore_marker(kind, &id, version) {
+                                return Err(format!(
+                                    "deletion marker of {kind:?} {id:?} beside a record of that key"
+                                ));
+                            }
+                        }
+                    }
                 }
             }
+            Ok(())
         });
         let mut decode = || -> Result<(), SnapshotError> {
             let mut batch = Vec::with_capacity(BATCH);
-            let mut push = |rec: EligibilityRecord| {
+            let mut push = |rec: Item| {
                 batch.push(rec);
                 if batch.len() == BATCH {
                     // The applier only stops when this sender is gone.
@@ -471,13 +515,24 @@ pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
                 let u: SnapUser = codec()
                     .deserialize_from(&mut r)
                     .map_err(|e| invalid(format!("user record {i}: {e}")))?;
-                push(EligibilityRecord::User(u.into()));
+                push(Item::Record(EligibilityRecord::User(u.into())));
             }
             for i in 0..header.orgs {
                 let o: SnapOrg = codec()
                     .deserialize_from(&mut r)
                     .map_err(|e| invalid(format!("organization record {i}: {e}")))?;
-                push(EligibilityRecord::Organization(o.into()));
+                push(Item::Record(EligibilityRecord::Organization(o.into())));
+            }
+            for i in 0..header.markers {
+                let mk: SnapMarker = codec()
+                    .deserialize_from(&mut r)
+                    .map_err(|e| invalid(format!("deletion marker {i}: {e}")))?;
+                let kind = match mk.kind {
+                    0 => KeyKind::User,
+                    1 => KeyKind::Organization,
+                    k => return Err(invalid(format!("deletion marker {i}: kind {k}"))),
+                };
+                push(Item::Marker(kind, mk.id, mk.version));
             }
             let _ = tx.send(batch);
             if !r.fill_buf().map_err(io)?.is_empty() {
@@ -487,10 +542,12 @@ pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
         };
         let result = decode();
         drop(tx);
-        if applier.join().is_err() {
-            return Err(invalid("the applying thread panicked".into()));
+        // A decoding error comes first. (An applier that stops early drops
+        // its receiver: the decoding goes on to the end, unsent.)
+        match applier.join() {
+            Err(_) => Err(invalid("the applying thread panicked".into())),
+            Ok(applied) => result.and(applied.map_err(invalid)),
         }
-        result
     });
     decoded?;
     let records = usize::try_from(header.users + header.orgs).unwrap_or(usize::MAX);
@@ -498,6 +555,7 @@ pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
         store,
         SnapshotInfo {
             records,
+            markers: usize::try_from(header.markers).unwrap_or(usize::MAX),
             positions: header.positions,
             bytes: size,
         },
@@ -511,6 +569,42 @@ pub fn load(path: &Path) -> Result<(Store, SnapshotInfo), SnapshotError> {
 // the records whole: a field added to a record type does not compile until
 // it is added here too.
 // ---------------------------------------------------------------------------
+
+/// What the loading thread hands to the applying one.
+enum Item {
+    Record(EligibilityRecord),
+    Marker(KeyKind, String, u64),
+}
+
+/// A deletion marker as written: kind (0 user, 1 organization), id, the
+/// version a tombstone deleted.
+#[derive(Serialize)]
+struct SnapMarkerRef<'a> {
+    kind: u8,
+    id: &'a str,
+    version: u64,
+}
+
+/// A deletion marker as read (same layout as [`SnapMarkerRef`]).
+#[derive(Deserialize)]
+struct SnapMarker {
+    kind: u8,
+    id: String,
+    version: u64,
+}
+
+impl<'a> From<&'a DeletionMarker> for SnapMarkerRef<'a> {
+    fn from(m: &'a DeletionMarker) -> Self {
+        SnapMarkerRef {
+            kind: match m.kind {
+                KeyKind::User => 0,
+                KeyKind::Organization => 1,
+            },
+            id: &m.id,
+            version: m.version,
+        }
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct SnapUser {
@@ -763,6 +857,7 @@ impl From<SnapOrg> for OrgRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eligibility::Applied;
     use time::macros::datetime;
 
     /// A user with every optional field set, and one with none.
@@ -865,7 +960,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "owner-only: {mode:o}");
         }
         assert_eq!(w.bytes, std::fs::metadata(&path).unwrap().len());
-        let (s2, r) = load(&path).unwrap();
+        let (s2, r) = load(&path, 1000).unwrap();
         assert_eq!(r.positions, pos);
         assert_eq!(r.records, 101);
         assert_eq!((s2.user_count(), s2.org_count()), (100, 1));
@@ -876,16 +971,69 @@ mod tests {
     }
 
     #[test]
+    fn deletion_markers_round_trip_in_order_and_keep_deleted_keys_deleted() {
+        let path = temp("snap-markers");
+        let s = store();
+        // Deleted: u3 (version 3), the organization (9), then b5 (1).
+        assert_eq!(s.delete(KeyKind::User, "u3"), Applied::Deleted);
+        s.delete(KeyKind::Organization, "o");
+        s.delete(KeyKind::User, "b5");
+        let pos: BTreeMap<i32, i64> = [(0, 103)].into_iter().collect();
+        let w = write(&path, &s, &pos).unwrap();
+        assert_eq!((w.records, w.markers), (98, 3));
+        let (s2, info) = load(&path, 1000).unwrap();
+        assert_eq!((info.records, info.markers), (98, 3));
+        assert_eq!(s2.deletion_markers(), s.deletion_markers(), "oldest first");
+        assert_eq!(s2.deletion_marker(KeyKind::User, "u3"), Some(3));
+        assert_eq!(s2.deletion_marker(KeyKind::Organization, "o"), Some(9));
+        // After the restart, a late older record is still stale, a newer
+        // one is applied.
+        let late = |v| {
+            let mut u = full_user(3);
+            u.version = v;
+            EligibilityRecord::User(u)
+        };
+        assert_eq!(s2.apply(late(2)), Applied::Stale);
+        assert!(s2.user("u3").is_none());
+        assert_eq!(s2.apply(late(4)), Applied::Inserted);
+        assert_eq!(s2.deletion_marker_count(), 2);
+
+        // A smaller bound at load keeps the newest markers.
+        let (s3, _) = load(&path, 1).unwrap();
+        assert_eq!(s3.deletion_marker_count(), 1);
+        assert_eq!(s3.deletion_marker(KeyKind::User, "b5"), Some(1));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_marker_beside_a_record_of_its_key_is_rejected() {
+        // A checksummed file that contradicts itself: a record of u1 and a
+        // deletion marker of u1 (the store never holds both).
+        let path = temp("snap-contradiction");
+        let s = Store::new();
+        s.apply(EligibilityRecord::User(full_user(1)));
+        let mut view = View::capture(&s, &BTreeMap::new());
+        view.markers.push(DeletionMarker {
+            kind: KeyKind::User,
+            id: "u1".into(),
+            version: 1,
+        });
+        view.write(&path).unwrap();
+        assert!(rejected(&path).contains("beside a record"));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
     fn an_empty_store_round_trips() {
         let path = temp("snap-empty");
         write(&path, &Store::new(), &BTreeMap::new()).unwrap();
-        let (s2, info) = load(&path).unwrap();
+        let (s2, info) = load(&path, 1000).unwrap();
         assert_eq!((info.records, s2.user_count(), s2.org_count()), (0, 0, 0));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     fn rejected(path: &Path) -> String {
-        match load(path) {
+        match load(path, 1000) {
             Err(SnapshotError::Invalid { reason, .. }) => reason,
             Err(e) => panic!("expected a rejection, got {e}"),
             Ok((_, info)) => panic!("expected a rejection, loaded {info:?}"),
@@ -912,10 +1060,13 @@ mod tests {
         std::fs::write(&path, &longer).unwrap();
         assert!(rejected(&path).contains("does not match"));
 
-        let mut old = good.clone();
-        old[..8].copy_from_slice(b"CLRSNAP1");
-        std::fs::write(&path, &old).unwrap();
-        assert!(rejected(&path).contains("incompatible format"));
+        for magic in [b"CLRSNAP1", b"CLRSNAP2"] {
+            // Format 2 has no deletion markers: rejected, full bootstrap.
+            let mut old = good.clone();
+            old[..8].copy_from_slice(magic);
+            std::fs::write(&path, &old).unwrap();
+            assert!(rejected(&path).contains("incompatible format"));
+        }
 
         std::fs::write(&path, b"garbage").unwrap();
         assert!(rejected(&path).contains("too short"));
@@ -958,7 +1109,7 @@ mod tests {
         // always one whole snapshot, the old or the new one.
         let mut w = BackgroundWriter::new(path.clone());
         let written = w.finish(View::capture(&big, &pos), std::time::Duration::ZERO);
-        let (s, info) = load(&path).unwrap();
+        let (s, info) = load(&path, 1000).unwrap();
         if written {
             assert_eq!(info.records, 20_000);
         } else {
@@ -973,7 +1124,7 @@ mod tests {
             View::capture(&big, &pos),
             std::time::Duration::from_secs(300)
         ));
-        let (_, info) = load(&path).unwrap();
+        let (_, info) = load(&path, 1000).unwrap();
         assert_eq!((info.records, info.positions), (20_000, pos));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
