@@ -229,7 +229,7 @@ impl Default for Eligibility<'_> {
 }
 
 /// The pure part of a decision.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Verdict {
     /// Allow or deny.
     pub outcome: Outcome,
@@ -247,6 +247,7 @@ pub struct Verdict {
     pub versions: Versions,
     /// The owner organizations' records an ownership rule followed (their
     /// versions are in `versions.owners`): part of the decision's inputs.
+    #[serde(skip)]
     pub owner_records: Vec<Arc<OrgRecord>>,
 }
 
@@ -277,6 +278,21 @@ struct Deny<'p> {
 /// Decide whether the request may be served, from the policy and the
 /// eligibility snapshot alone.
 pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessRequest) -> Verdict {
+    decide_traced(policy, elig, req, &mut NoTrace)
+}
+
+/// [`decide`], telling `trace` every step of the derivation: the model, the
+/// built-in checks, each rule's verdict, authorizations, the derived
+/// country, the ownership computation and the outcome. It is the same code
+/// as [`decide`] (which calls it with [`NoTrace`], whose `ON = false` lets
+/// the compiler remove every trace call): an explanation can never differ
+/// from the decision.
+pub fn decide_traced<T: Trace>(
+    policy: &CompiledPolicy,
+    elig: &Eligibility<'_>,
+    req: &AccessRequest,
+    trace: &mut T,
+) -> Verdict {
     let versions = Versions {
         policy_id: policy.id.clone(),
         policy_version: policy.version.clone(),
@@ -298,11 +314,28 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
         None => (policy.all_scope_rules(), &[]),
     };
     let controlled = !model_tags.is_empty();
-    let cx = Cx::new(policy, elig, req);
+    let mut cx = Cx::new(policy, elig, req);
+    cx.tracing = T::ON;
+    if T::ON {
+        trace.step(Step::Model {
+            model: req.model.clone(),
+            known: model.is_some(),
+            tags: model_tags.to_vec(),
+        });
+        if let Some(u) = elig.subject {
+            trace.step(country_step(u, policy.settings.nationality_mode));
+        }
+    }
 
     let mut denies: Vec<Deny<'_>> = Vec::new();
     let mut allows: Vec<&Rule> = Vec::new();
     if model.is_none() {
+        if T::ON {
+            trace.step(Step::Builtin {
+                id: builtin::UNKNOWN_MODEL,
+                reason: reason::UNKNOWN_MODEL,
+            });
+        }
         denies.push(Deny {
             reason: reason::UNKNOWN_MODEL,
             rule: None,
@@ -312,6 +345,12 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
         });
     }
     if controlled && elig.data_stale {
+        if T::ON {
+            trace.step(Step::Builtin {
+                id: builtin::STALE_DATA,
+                reason: reason::STALE_DATA,
+            });
+        }
         denies.push(Deny {
             reason: reason::STALE_DATA,
             rule: None,
@@ -325,7 +364,31 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
             continue;
         };
         let mut citations = Vec::new();
-        match (cx.eval(rule, &mut citations), rule.effect) {
+        let eval = cx.eval(rule, &mut citations);
+        if T::ON {
+            let verdict = match (&eval, rule.effect) {
+                (Eval::Fire, _) => RuleVerdict::Matched {
+                    reason: rule.kind.reason(),
+                },
+                (Eval::FireWith(r), _) => RuleVerdict::Matched { reason: r },
+                (Eval::Pass, _) => RuleVerdict::NotMatched,
+                (Eval::Missing(r), Effect::Deny) if rule.on_missing == OnMissing::Deny => {
+                    RuleVerdict::MissingData { reason: r }
+                }
+                (Eval::Missing(r), _) => RuleVerdict::SkippedMissingData { reason: r },
+            };
+            trace.step(Step::Rule {
+                id: rule.id.clone(),
+                kind: rule.kind.name(),
+                effect: rule.effect,
+                verdict,
+                citations: citations.clone(),
+            });
+            for o in cx.ownership_trace.borrow_mut().drain(..) {
+                trace.step(Step::Ownership(o));
+            }
+        }
+        match (eval, rule.effect) {
             (Eval::Fire, Effect::Deny) => denies.push(Deny {
                 reason: rule.kind.reason(),
                 rule: Some(rule),
@@ -360,7 +423,23 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
     for mut d in denies {
         if let (Some(rule), true) = (d.rule, d.fired) {
             if rule.liftable {
-                match cx.authorization(rule, model_tags) {
+                let found = cx.authorization(rule, model_tags);
+                if T::ON {
+                    match &found {
+                        AuthMatch::Valid(id) => trace.step(Step::Authorization {
+                            rule: rule.id.clone(),
+                            authorization: id.clone(),
+                            lifted: true,
+                        }),
+                        AuthMatch::Expired(id) => trace.step(Step::Authorization {
+                            rule: rule.id.clone(),
+                            authorization: id.clone(),
+                            lifted: false,
+                        }),
+                        AuthMatch::None => {}
+                    }
+                }
+                match found {
                     AuthMatch::Valid(id) => {
                         lifted.push((rule, id));
                         continue;
@@ -419,6 +498,9 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
                 push_unique_string(&mut v.rule_ids, &c);
             }
         }
+        if T::ON {
+            trace.step(Step::Outcome(Box::new(v.clone())));
+        }
         return v;
     }
 
@@ -442,11 +524,213 @@ pub fn decide(policy: &CompiledPolicy, elig: &Eligibility<'_>, req: &AccessReque
         } else {
             v.reasons.push(reason::NO_ALLOW_RULE);
             v.rule_ids.push(builtin::NO_ALLOW_RULE.to_string());
+            if T::ON {
+                trace.step(Step::Outcome(Box::new(v.clone())));
+            }
             return v;
         }
     }
     v.outcome = Outcome::Allow;
+    if T::ON {
+        trace.step(Step::Outcome(Box::new(v.clone())));
+    }
     v
+}
+
+/// Where [`decide_traced`] tells the steps of a derivation.
+pub trait Trace {
+    /// Whether steps are built at all: `false` removes them at compile time.
+    const ON: bool;
+    /// One step of the derivation, in order.
+    fn step(&mut self, step: Step);
+}
+
+/// No trace: [`decide`]'s fast path.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    const ON: bool = false;
+    #[inline(always)]
+    fn step(&mut self, _step: Step) {}
+}
+
+/// Every step, kept in order (what `clearance explain` prints).
+impl Trace for Vec<Step> {
+    const ON: bool = true;
+    fn step(&mut self, step: Step) {
+        self.push(step);
+    }
+}
+
+/// What a rule's evaluation gave.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum RuleVerdict {
+    /// The predicate held: a deny rule denies, an allow rule allows.
+    Matched {
+        /// The reason it gives.
+        reason: &'static str,
+    },
+    /// The predicate did not hold.
+    NotMatched,
+    /// The data it needs is missing: the rule denies with this reason.
+    MissingData {
+        /// The missing-data reason.
+        reason: &'static str,
+    },
+    /// The data it needs is missing and the rule says
+    /// `on_missing_data = "skip"` (or it is an allow rule): no effect.
+    SkippedMissingData {
+        /// The missing-data reason it would have given.
+        reason: &'static str,
+    },
+}
+
+/// One candidate of the derived-country computation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CountryCandidate {
+    /// The country as recorded.
+    pub country: String,
+    /// `"citizenship"`, or `"permanent_residency (granted)"` etc.
+    pub source: String,
+    /// Its `acquired_on`, if recorded.
+    pub acquired_on: Option<String>,
+    /// Whether it counts toward the derived country.
+    pub counts: bool,
+}
+
+/// One organization of an ownership computation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OwnershipNode {
+    /// Organization id.
+    pub id: String,
+    /// Its record version (`None` for the organization decided for, whose
+    /// version is in `versions.organization`).
+    pub version: Option<u64>,
+    /// Restricted, counting every owner that cannot be judged as clear.
+    pub restricted: bool,
+    /// Restricted, counting every owner that cannot be judged as
+    /// restricted (the fail-closed bound).
+    pub possibly_restricted: bool,
+    /// Its owners: (owner id, percent, how it was judged).
+    pub owners: Vec<(String, f64, String)>,
+}
+
+/// The ownership computation of one `ownership_in` rule.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OwnershipTrace {
+    /// The threshold, in percent.
+    pub threshold_percent: f64,
+    /// The organizations, the one decided for first, then the owner
+    /// records in the order they were followed.
+    pub nodes: Vec<OwnershipNode>,
+}
+
+/// One step of a derivation, as [`decide_traced`] tells it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// The model requested and its catalog entry.
+    Model {
+        /// The model id.
+        model: String,
+        /// Whether the catalog has it.
+        known: bool,
+        /// Its tags (controlled when any).
+        tags: Vec<String>,
+    },
+    /// The derived country of the subject.
+    Country {
+        /// The nationality mode.
+        mode: &'static str,
+        /// Whether the subject is a U.S. person (then no nationality rule
+        /// applies).
+        us_person: bool,
+        /// Every citizenship and residency, and whether it counts.
+        candidates: Vec<CountryCandidate>,
+        /// The derived countries (`"??"` for one that is not a code).
+        derived: Vec<String>,
+    },
+    /// A built-in check denied.
+    Builtin {
+        /// Its id.
+        id: &'static str,
+        /// The reason.
+        reason: &'static str,
+    },
+    /// A rule, in policy order.
+    Rule {
+        /// Rule id.
+        id: String,
+        /// Rule kind.
+        kind: &'static str,
+        /// Allow or deny.
+        #[serde(serialize_with = "effect_name")]
+        effect: Effect,
+        /// What it gave.
+        #[serde(flatten)]
+        verdict: RuleVerdict,
+        /// Citations (`list:...`, `owner:...`).
+        citations: Vec<String>,
+    },
+    /// The ownership computation of the rule just before.
+    Ownership(OwnershipTrace),
+    /// An authorization was searched for a liftable deny.
+    Authorization {
+        /// The rule whose deny it concerns.
+        rule: String,
+        /// The authorization.
+        authorization: String,
+        /// `true`: valid, the deny is lifted; `false`: it matched but has
+        /// expired, the deny stays.
+        lifted: bool,
+    },
+    /// The verdict.
+    Outcome(Box<Verdict>),
+}
+
+fn effect_name<S: serde::Serializer>(e: &Effect, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match e {
+        Effect::Allow => "allow",
+        Effect::Deny => "deny",
+    })
+}
+
+/// The derived-country step for `user`: the same [`candidates`] the rules
+/// use, with every record entry and whether it counts.
+fn country_step(user: &UserRecord, mode: NationalityMode) -> Step {
+    let derived = derived_countries(user, mode);
+    let counts = |c: &str| derived.iter().any(|d| d.eq_ignore_ascii_case(c.trim()));
+    let mut candidates: Vec<CountryCandidate> = user
+        .citizenships
+        .iter()
+        .map(|c| CountryCandidate {
+            country: c.country.clone(),
+            source: "citizenship".into(),
+            acquired_on: c.acquired_on.clone(),
+            counts: counts(&c.country),
+        })
+        .collect();
+    candidates.extend(user.permanent_residencies.iter().map(|r| {
+        let status = match r.status {
+            ResidencyStatus::Granted => "granted",
+            ResidencyStatus::Pending => "pending",
+            ResidencyStatus::Revoked => "revoked",
+        };
+        CountryCandidate {
+            country: r.country.clone(),
+            source: format!("permanent_residency ({status})"),
+            acquired_on: r.acquired_on.clone(),
+            counts: r.status == ResidencyStatus::Granted && counts(&r.country),
+        }
+    }));
+    Step::Country {
+        mode: mode.as_str(),
+        us_person: user.us_person_status.is_us_person(),
+        candidates,
+        derived,
+    }
 }
 
 fn push_unique(v: &mut Vec<&'static str>, s: &'static str) {
@@ -562,6 +846,10 @@ struct Cx<'a> {
     owners: &'a dyn OrgLookup,
     /// The owner records followed so far (evidence), without duplicates.
     followed: std::cell::RefCell<Vec<Arc<OrgRecord>>>,
+    /// Whether a trace is being kept ([`Trace::ON`]).
+    tracing: bool,
+    /// Ownership computations not yet told to the trace.
+    ownership_trace: std::cell::RefCell<Vec<OwnershipTrace>>,
 }
 
 impl<'a> Cx<'a> {
@@ -580,6 +868,8 @@ impl<'a> Cx<'a> {
             countries: std::cell::OnceCell::new(),
             owners: elig.owners,
             followed: std::cell::RefCell::new(Vec::new()),
+            tracing: false,
+            ownership_trace: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -820,6 +1110,54 @@ impl<'a> Cx<'a> {
             }
         };
         let low = solve(false);
+        if self.tracing {
+            let up = solve(true);
+            let judged = |e: &Result<usize, Leaf>| match e {
+                Ok(0) => format!("organization {} (the one decided for)", root.id),
+                Ok(j) => format!(
+                    "organization record, {}",
+                    if low[*j] {
+                        "restricted"
+                    } else if up[*j] {
+                        "possibly restricted"
+                    } else {
+                        "not restricted"
+                    }
+                ),
+                Err(Leaf::Restricted) => "restricted (headquarters)".into(),
+                Err(Leaf::Clear) => "not restricted (headquarters)".into(),
+                Err(Leaf::Unknown) => {
+                    "unknown (no usable headquarters, or record missing or not followed)".into()
+                }
+            };
+            let nodes = edges
+                .iter()
+                .enumerate()
+                .map(|(i, out)| {
+                    let (id, version, owners) = if i == 0 {
+                        (root.id.clone(), None, &root.owners)
+                    } else {
+                        let r = &records[i - 1];
+                        (r.id.clone(), Some(r.version), &r.owners)
+                    };
+                    OwnershipNode {
+                        id,
+                        version,
+                        restricted: low[i],
+                        possibly_restricted: up[i],
+                        owners: out
+                            .iter()
+                            .zip(owners)
+                            .map(|((e, p), o)| (o.id.clone(), *p, judged(e)))
+                            .collect(),
+                    }
+                })
+                .collect();
+            self.ownership_trace.borrow_mut().push(OwnershipTrace {
+                threshold_percent: threshold,
+                nodes,
+            });
+        }
         let verdict = if low[0] {
             for ((e, _), owner) in edges[0].iter().zip(&root.owners) {
                 let counted = match e {

@@ -24,6 +24,8 @@
 //!   published policy in (or schedules, supersedes, or rejects it), by the
 //!   pure [`rollout::Timeline`].
 //! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
+//! - [`explain`]: the derivation of a recorded decision, traced by the same
+//!   `decide` code (`decide_traced`).
 //! - `shape` (private): objects and tables are read only from maps, never
 //!   from serde's positional form.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
@@ -37,6 +39,7 @@ pub mod demo;
 pub mod eligibility;
 pub mod engine;
 pub mod event;
+pub mod explain;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;

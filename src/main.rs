@@ -99,6 +99,42 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The derivation of a recorded decision: inputs, the derived country,
+    /// every rule with its verdict, authorizations, ownership, outcome.
+    /// Exit code 0: the derivation gives the recorded decision; 1: it
+    /// differs (the record was not made from these inputs with this
+    /// policy); 2: error.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Find the decision of this request id on the decisions topic.
+        #[arg(long, conflicts_with = "input")]
+        request_id: Option<String>,
+        /// With --request-id: only records at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_rfc3339)]
+        from: Option<time::OffsetDateTime>,
+        /// With --request-id: only records before this time (RFC 3339).
+        #[arg(long, value_parser = parse_rfc3339)]
+        to: Option<time::OffsetDateTime>,
+        /// Read the decision (JSON) from this file, or `-` for stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The policy file the decision was made with; default: the policy
+        /// history on the policy topic (by id, version and digest).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Bound on reading the topics, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+}
+
+fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 date-time with an offset: {e}"))
 }
 
 #[derive(Subcommand)]
@@ -225,12 +261,39 @@ fn shutdown_on_signals() -> CancellationToken {
 #[tokio::main]
 async fn main() -> ExitCode {
     match cli_main().await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            match e.downcast_ref::<ToolError>() {
+                Some(t) => ExitCode::from(t.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// An error of a tool whose exit code 1 means "differences found", so
+/// that its errors exit with another code (2).
+#[derive(Debug)]
+struct ToolError {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+/// An error of a 0/1/2 tool: exit code 2, the same one-line message.
+fn tool_error(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(ToolError {
+        code: 2,
+        message: one_line(&e),
+    })
 }
 
 /// The error and its causes on one line, each cause once: most library
@@ -249,7 +312,7 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-async fn cli_main() -> Result<()> {
+async fn cli_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
@@ -339,6 +402,91 @@ async fn cli_main() -> Result<()> {
             print!("{}", toml::to_string_pretty(&cfg)?);
         }
         Command::Policy { command } => policy_command(command).await?,
+        Command::Explain {
+            config,
+            request_id,
+            from,
+            to,
+            input,
+            policy,
+            json,
+            timeout_secs,
+        } => {
+            return explain_command(
+                config,
+                request_id,
+                (from, to),
+                input,
+                policy,
+                json,
+                Duration::from_secs(timeout_secs),
+            )
+            .await
+            .map_err(tool_error);
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn explain_command(
+    config: ConfigArgs,
+    request_id: Option<String>,
+    (from, to): (Option<time::OffsetDateTime>, Option<time::OffsetDateTime>),
+    input: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    json: bool,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    use clearance::event::Decision;
+    use clearance::policy::CompiledPolicy;
+    let cfg = || config.load();
+    let decision: Decision = match (&request_id, &input) {
+        (Some(id), None) => {
+            let cfg = cfg()?;
+            let id2 = id.clone();
+            tokio::task::spawn_blocking(move || {
+                clearance::explain::find_decision(&cfg, &id2, from, to, timeout)
+            })
+            .await??
+            .with_context(|| {
+                format!("no decision for request {id} on the decisions topic in that window")
+            })?
+        }
+        (None, Some(path)) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?
+            };
+            serde_json::from_str(&text).context("the input is not a decision (JSON)")?
+        }
+        _ => bail!("give --request-id ID (with --from/--to) or --input FILE"),
+    };
+    let v = &decision.versions;
+    let compiled = match &policy {
+        Some(path) => CompiledPolicy::load_file(path)?,
+        None => {
+            let cfg = cfg()?;
+            let history = tokio::task::spawn_blocking(move || {
+                clearance::rollout::read_history(&cfg, timeout)
+            })
+            .await??;
+            let p = history
+                .get(&v.policy_id, &v.policy_version, &v.policy_digest)
+                .context("the decision's policy is not in the policy history (give it with --policy FILE)")?;
+            (**p).clone()
+        }
+    };
+    let e = clearance::explain::explain(&compiled, &decision)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{}", clearance::explain::render(&e));
+    }
+    Ok(if e.differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -3,6 +3,7 @@
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
 mod domain;
+mod explain;
 mod faults;
 mod harness;
 mod pipeline;
