@@ -11,6 +11,8 @@
 //!   letter) and their decoders. No I/O.
 //! - [`policy`]: the policy file model, validation, compilation. No I/O but
 //!   reading the file it is given.
+//! - [`vocab`]: reason codes, obligations, built-in rule ids: the
+//!   vocabulary below both `policy` and `decide`.
 //! - [`decide`]: the one pure function that every tool calls.
 //! - [`eligibility`]: the DashMap store and the change-feed task.
 //! - [`pipeline`]: the consumer-group request path, offsets stored only after
@@ -47,3 +49,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod rollout;
 mod shape;
+pub mod vocab;

@@ -9,10 +9,10 @@
 //! | 8 | body length in bytes (little-endian) |
 //! | … | body |
 //!
-//! The body is a bincode stream: a [`Header`] (format, the change-feed
+//! The body is a bincode stream: a `Header` (format, the change-feed
 //! positions the snapshot reflects, the record and marker counts), then
 //! every user record, then every organization record, each in a
-//! snapshot-only binary form ([`SnapUser`], [`SnapOrg`]: the change-feed
+//! snapshot-only binary form (`SnapUser`, `SnapOrg`: the change-feed
 //! types skip absent optional fields, which a non-self-describing format
 //! cannot do), then every deletion marker, oldest first ([`SnapMarker`]:
 //! kind, id, the version a tombstone deleted).

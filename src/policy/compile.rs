@@ -13,8 +13,8 @@ use super::{
     line_col, parse_error, CompiledPolicy, Effect, Issue, Issues, ModelEntry, NationalityMode,
     OnMissing, PolicyError, Region, Rule, RuleKind, Scope, Settings,
 };
-use crate::decide::obligation;
 use crate::event::ScreeningStatus;
+use crate::vocab::obligation;
 
 /// Collects issues with their positions.
 struct Ctx<'t> {

@@ -7,7 +7,7 @@
 //! as long as the topic is kept (compacted topics have no time-based
 //! deletion; see `docs/incident-analysis.md` for the 5- and 10-year
 //! recordkeeping settings). Reading the topic is the rollout module's job
-//! ([`crate::rollout::read_history`]); this module does no I/O.
+//! (`rollout::read_history`); this module does no I/O.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The policy: a TOML file of versioned country sets, regions, a model
 //! catalog, settings and rules; its validation; and its compilation into a
-//! [`CompiledPolicy`] that [`crate::decide::decide`] evaluates.
+//! [`CompiledPolicy`] that the decision core (`decide::decide`) evaluates.
 //!
 //! The format is documented in `docs/policy.md`; the shipped example
 //! (`policies/example.toml`) encodes the example directive, and its tests
@@ -277,7 +277,7 @@ impl RuleKind {
 
     /// The stable reason code the rule gives when it fires.
     pub fn reason(&self) -> &'static str {
-        use crate::decide::reason as r;
+        use crate::vocab::reason as r;
         match self {
             RuleKind::SubjectKnown => r::UNKNOWN_SUBJECT,
             RuleKind::SubjectRevoked => r::SUBJECT_REVOKED,
@@ -336,7 +336,7 @@ pub struct ModelEntry {
     pub rules: Vec<usize>,
 }
 
-/// A validated, compiled policy, ready for [`crate::decide::decide`].
+/// A validated, compiled policy, ready for the decision core (`decide::decide`).
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     /// Policy id.
@@ -352,7 +352,7 @@ pub struct CompiledPolicy {
     pub digest: String,
     /// When the policy takes effect (top-level `effective_from`, RFC 3339).
     /// `None`: as soon as it is loaded. The engine schedules a policy whose
-    /// `effective_from` is in the future; [`crate::decide::decide`] itself
+    /// `effective_from` is in the future; the decision core itself
     /// ignores it.
     pub effective_from: Option<time::OffsetDateTime>,
     /// Settings.

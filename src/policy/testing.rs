@@ -343,7 +343,7 @@ pub fn load_tests(text: &str, file: &str) -> Result<Vec<TestCase>, PolicyError> 
             }
         }
         for o in rc.obligations.iter().flatten() {
-            if !crate::decide::obligation::ALL.contains(&o.as_str()) {
+            if !crate::vocab::obligation::ALL.contains(&o.as_str()) {
                 issue("obligations", format!("unknown obligation {o:?}"));
             }
         }
