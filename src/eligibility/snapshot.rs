@@ -14,7 +14,7 @@
 //! every user record, then every organization record, each in a
 //! snapshot-only binary form (`SnapUser`, `SnapOrg`: the change-feed
 //! types skip absent optional fields, which a non-self-describing format
-//! cannot do), then every deletion marker, oldest first ([`SnapMarker`]:
+//! cannot do), then every deletion marker, oldest first (`SnapMarker`:
 //! kind, id, the version a tombstone deleted).
 //!
 //! Format 3 added the deletion markers. A format-2 (or older) snapshot is
