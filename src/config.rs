@@ -207,6 +207,33 @@ impl Default for AdminConfig {
 pub struct PolicyConfig {
     /// Policy file. Empty: the example policy shipped with clearance.
     pub file: Option<PathBuf>,
+    /// Public keys (base64 ed25519) whose signatures the engine accepts on
+    /// published policies. When any is listed, an unsigned, tampered or
+    /// otherwise-signed policy on the policy topic is rejected and the
+    /// previous one stays. Two keys at once allow a rotation. From the
+    /// environment: a comma-separated list.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted_keys: Vec<String>,
+}
+
+/// A list, or a comma-separated string (how an environment variable gives
+/// one).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(l) => l,
+        ListOrCsv::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect(),
+    })
 }
 
 /// One invalid field.
@@ -484,6 +511,11 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
             "engine.deadletter_max_payload_bytes",
             "must be at least 16".into(),
         );
+    }
+    if let Err(keys) = crate::policy::signing::TrustedKeys::parse(&cfg.policy.trusted_keys) {
+        for e in keys {
+            bad("policy.trusted_keys", e.to_string());
+        }
     }
     if cfg.admin.listen.parse::<SocketAddr>().is_err() {
         bad(

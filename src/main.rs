@@ -166,6 +166,29 @@ enum PolicyCommand {
         config: ConfigArgs,
         /// The policy file.
         file: PathBuf,
+        /// Sign the text with this ed25519 signing key file (see `keygen`).
+        #[arg(long, conflicts_with = "signature")]
+        key: Option<PathBuf>,
+        /// Publish with the detached signature `policy sign` wrote.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    /// Make an ed25519 key pair for signing policies: the signing key goes
+    /// to FILE (mode 0600), the public key (for `policy.trusted_keys`) and
+    /// its id are printed.
+    Keygen {
+        /// Where to write the signing key; refused if it exists.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a policy text: writes `FILE.sig` (key id and signature), for
+    /// `publish --signature`.
+    Sign {
+        /// The policy file.
+        file: PathBuf,
+        /// The signing key file.
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -204,9 +227,66 @@ async fn policy_command(cmd: PolicyCommand) -> Result<()> {
         PolicyCommand::Diff { old, new } => {
             print!("{}", policy::diff_files(&old, &new)?);
         }
-        PolicyCommand::Publish { config, file } => {
+        PolicyCommand::Keygen { out } => {
+            use std::io::Write as _;
+            let (secret, public, id) = clearance::policy::signing::generate();
+            let mut f = std::fs::OpenOptions::new();
+            f.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+            let mut file = f
+                .open(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            writeln!(file, "{secret}").with_context(|| format!("writing {}", out.display()))?;
+            println!("signing key written to {} (keep it secret)", out.display());
+            println!("public key (for policy.trusted_keys): {public}");
+            println!("key id: {id}");
+        }
+        PolicyCommand::Sign { file, key } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            CompiledPolicy::from_toml_str(&text, &file.display().to_string())?;
+            let signer = read_signer(&key)?;
+            let (id, sig) = signer.sign(text.as_bytes());
+            let mut out = file.clone().into_os_string();
+            out.push(".sig");
+            let out = PathBuf::from(out);
+            std::fs::write(&out, format!("{id}\n{sig}\n"))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("signed {} with key {id}: {}", file.display(), out.display());
+        }
+        PolicyCommand::Publish {
+            config,
+            file,
+            key,
+            signature,
+        } => {
             let cfg = config.load()?;
-            let published = clearance::rollout::publish(&cfg, &file).await?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let source = file.display().to_string();
+            let published = match (key, signature) {
+                (Some(k), _) => {
+                    let signer = read_signer(&k)?;
+                    clearance::rollout::publish_signed(&cfg, &text, &source, Some(&signer)).await?
+                }
+                (None, Some(sig)) => {
+                    let sig_text = std::fs::read_to_string(&sig)
+                        .with_context(|| format!("reading {}", sig.display()))?;
+                    let mut lines = sig_text.lines().map(str::trim).filter(|l| !l.is_empty());
+                    let (Some(id), Some(sig_b64), None) =
+                        (lines.next(), lines.next(), lines.next())
+                    else {
+                        bail!(
+                            "{}: expected two lines, a key id and a signature",
+                            sig.display()
+                        );
+                    };
+                    clearance::rollout::publish_with_signature(&cfg, &text, &source, id, sig_b64)
+                        .await?
+                }
+                (None, None) => clearance::rollout::publish_text(&cfg, &text, &source).await?,
+            };
             println!(
                 "published policy {} version {} to {}[{}]@{}{}",
                 published.id,
@@ -222,6 +302,13 @@ async fn policy_command(cmd: PolicyCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn read_signer(path: &std::path::Path) -> Result<clearance::policy::signing::PolicySigner> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading signing key {}", path.display()))?;
+    Ok(clearance::policy::signing::PolicySigner::from_text(&text)
+        .with_context(|| format!("signing key {}", path.display()))?)
 }
 
 fn init_tracing() {

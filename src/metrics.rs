@@ -56,6 +56,10 @@ pub const POLICY_INFO: &str = "clearance_policy_info";
 pub const POLICY_ACTIVATIONS_TOTAL: &str = "clearance_policy_activations_total";
 /// Counter: published policies rejected as invalid (the previous stays).
 pub const POLICY_REJECTED_TOTAL: &str = "clearance_policy_rejected_total";
+/// Counter: published policies rejected for their signature, by `reason`
+/// (`unsigned`, `untrusted_key`, `bad_signature`, `malformed`); also
+/// counted in `clearance_policy_rejected_total`.
+pub const POLICY_SIGNATURE_REJECTED_TOTAL: &str = "clearance_policy_signature_rejected_total";
 /// Counter: published policies scheduled for a future `effective_from`.
 pub const POLICY_SCHEDULED_TOTAL: &str = "clearance_policy_scheduled_total";
 /// Counter: published policies superseded, never activated: read (or due)
@@ -152,6 +156,10 @@ fn describe() {
     describe_counter!(
         POLICY_REJECTED_TOTAL,
         "Published policies rejected as invalid."
+    );
+    describe_counter!(
+        POLICY_SIGNATURE_REJECTED_TOTAL,
+        "Published policies rejected for their signature, by reason."
     );
     describe_counter!(
         POLICY_SCHEDULED_TOTAL,

@@ -37,6 +37,9 @@ use crate::config::Config;
 use crate::kafka::{base_config, EofAwareContext, KafkaBoundaryError};
 use crate::metrics as m;
 use crate::pipeline::ActivePolicy;
+use crate::policy::signing::{
+    PolicySigner, Rejection, TrustedKeys, KEY_ID_HEADER, SIGNATURE_HEADER,
+};
 use crate::policy::{CompiledPolicy, PolicyError, PolicyHistory};
 
 /// Errors of publishing or watching policies.
@@ -51,6 +54,9 @@ pub enum RolloutError {
     /// Publishing failed (retryable: the broker may be down).
     #[error("publishing failed: {0}")]
     Publish(KafkaError),
+    /// `policy.trusted_keys` holds a key that cannot be read.
+    #[error("policy.trusted_keys: {0}")]
+    TrustedKeys(String),
     /// The policy topic could not be read to its end in time (retryable).
     #[error("policy topic {topic}: partitions {missing:?} not read to their end in time")]
     HistoryIncomplete {
@@ -92,12 +98,57 @@ pub async fn publish_text(
     text: &str,
     source: &str,
 ) -> Result<Published, RolloutError> {
+    publish_signed(cfg, text, source, None).await
+}
+
+/// Validate `text`, sign it with `signer` if one is given (the signature
+/// and key id go in record headers), and publish it to the policy topic.
+pub async fn publish_signed(
+    cfg: &Config,
+    text: &str,
+    source: &str,
+    signer: Option<&PolicySigner>,
+) -> Result<Published, RolloutError> {
     let policy = CompiledPolicy::from_toml_str(text, source)?;
     // Keyed by id@version: compaction keeps every version (the policy
     // history that replay reads), not only the latest of each id.
     let key = crate::policy::history_key(&policy.id, &policy.version);
-    let (partition, offset) = publish_unchecked(cfg, &key, text.as_bytes()).await?;
-    Ok(Published {
+    let headers = signer.map(|s| s.sign(text.as_bytes()));
+    let headers: Vec<(&str, &[u8])> = headers
+        .as_ref()
+        .map(|(id, sig)| {
+            vec![
+                (KEY_ID_HEADER, id.as_bytes()),
+                (SIGNATURE_HEADER, sig.as_bytes()),
+            ]
+        })
+        .unwrap_or_default();
+    let (partition, offset) = publish_with_headers(cfg, &key, text.as_bytes(), &headers).await?;
+    Ok(published(&policy, partition, offset))
+}
+
+/// Validate `text` and publish it with a detached signature (`clearance
+/// policy sign`): the key id and the base64 signature go in the headers as
+/// given; the engines verify them.
+pub async fn publish_with_signature(
+    cfg: &Config,
+    text: &str,
+    source: &str,
+    key_id: &str,
+    signature: &str,
+) -> Result<Published, RolloutError> {
+    let policy = CompiledPolicy::from_toml_str(text, source)?;
+    let key = crate::policy::history_key(&policy.id, &policy.version);
+    let headers: [(&str, &[u8]); 2] = [
+        (KEY_ID_HEADER, key_id.as_bytes()),
+        (SIGNATURE_HEADER, signature.as_bytes()),
+    ];
+    let (partition, offset) = publish_with_headers(cfg, &key, text.as_bytes(), &headers).await?;
+    Ok(published(&policy, partition, offset))
+}
+
+fn published(policy: &CompiledPolicy, partition: i32, offset: i64) -> Published {
+    Published {
         id: policy.id.clone(),
         version: policy.version.clone(),
         effective_from: policy.effective_from.and_then(|t| {
@@ -106,7 +157,7 @@ pub async fn publish_text(
         }),
         partition,
         offset,
-    })
+    }
 }
 
 /// Publish bytes to the policy topic without validating them (tests use it
@@ -116,6 +167,24 @@ pub async fn publish_unchecked(
     key: &str,
     bytes: &[u8],
 ) -> Result<(i32, i64), RolloutError> {
+    publish_with_headers(cfg, key, bytes, &[]).await
+}
+
+/// Publish bytes with record headers to the policy topic without
+/// validating them (tests use it to publish tampered signatures).
+pub async fn publish_with_headers(
+    cfg: &Config,
+    key: &str,
+    bytes: &[u8],
+    headers: &[(&str, &[u8])],
+) -> Result<(i32, i64), RolloutError> {
+    let mut h = rdkafka::message::OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
     let producer: FutureProducer = base_config(&cfg.kafka, "policy-publisher")
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -126,7 +195,10 @@ pub async fn publish_unchecked(
         })?;
     let delivery = producer
         .send(
-            FutureRecord::to(&cfg.topics.policy).key(key).payload(bytes),
+            FutureRecord::to(&cfg.topics.policy)
+                .key(key)
+                .payload(bytes)
+                .headers(h),
             Duration::from_secs(30),
         )
         .await
@@ -217,8 +289,12 @@ pub struct RolloutState {
 /// What `/status` shows of the rollout.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RolloutInfo {
-    /// Where the active policy came from.
+    /// Where the active policy came from (with `signed by <key id>` when
+    /// it was verified).
     pub active_source: String,
+    /// The ids of the keys whose signatures are accepted (empty: policies
+    /// need no signature).
+    pub trusted_keys: Vec<String>,
     /// Activations since start.
     pub activations: u64,
     /// Rejected policies since start.
@@ -380,6 +456,22 @@ impl<T> Timeline<T> {
     }
 }
 
+/// A header's value, if the record has it.
+fn header<'m, M: Message>(msg: &'m M, name: &str) -> Option<&'m [u8]> {
+    use rdkafka::message::Headers;
+    msg.headers()
+        .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+}
+
+fn reject_signature(state: &RolloutState, source: &str, r: &Rejection) {
+    metrics::counter!(m::POLICY_SIGNATURE_REJECTED_TOTAL, "reason" => r.label()).increment(1);
+    metrics::counter!(m::POLICY_REJECTED_TOTAL).increment(1);
+    tracing::error!(%source, error = %r, "published policy rejected: signature; the previous policy stays active");
+    let mut g = state.lock();
+    g.rejected += 1;
+    g.last_rejection = Some(format!("{source}: {r}"));
+}
+
 fn reject(state: &RolloutState, source: &str, e: &PolicyError) {
     metrics::counter!(m::POLICY_REJECTED_TOTAL).increment(1);
     tracing::error!(%source, error = %e, "published policy rejected; the previous policy stays active");
@@ -427,12 +519,20 @@ pub fn run(
     let mut targets = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(&topic, *p, Duration::from_secs(10))
-            .map_err(|e| KafkaBoundaryError::Metadata {
-                topic: topic.clone(),
-                source: e,
-            })?;
+        // Retried like the change feed's: right after the topic is created
+        // its leader may not be known yet (NotLeaderForPartition).
+        let high = loop {
+            match consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "policy watcher: watermarks not available yet");
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
         targets.insert(*p, high);
         tpl.add_partition_offset(&topic, *p, Offset::Beginning)
             .map_err(|source| KafkaBoundaryError::Client {
@@ -448,6 +548,15 @@ pub fn run(
         })?;
     let mut caught: BTreeMap<i32, bool> = targets.iter().map(|(p, h)| (*p, *h == 0)).collect();
     let mut timeline: Timeline<(CompiledPolicy, String)> = Timeline::default();
+    let trusted = TrustedKeys::parse(&cfg.policy.trusted_keys).map_err(|errs| {
+        RolloutError::TrustedKeys(
+            errs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    state.lock().trusted_keys = trusted.ids();
 
     while !shutdown.is_cancelled() {
         // Nothing is activated while the topic is read up to its startup
@@ -490,6 +599,21 @@ pub fn run(
                 let source = format!("{topic}[{p}]@{off}");
                 let Some(bytes) = msg.payload() else {
                     continue; // a tombstone retires a policy id; the active one stays
+                };
+                let signed_by = match trusted.verify(
+                    bytes,
+                    header(&msg, KEY_ID_HEADER),
+                    header(&msg, SIGNATURE_HEADER),
+                ) {
+                    Ok(k) => k,
+                    Err(r) => {
+                        reject_signature(&state, &source, &r);
+                        continue;
+                    }
+                };
+                let source = match &signed_by {
+                    Some(k) => format!("{source} signed by {k}"),
+                    None => source,
                 };
                 let parsed = std::str::from_utf8(bytes)
                     .map_err(|e| PolicyError::Io {

@@ -13,6 +13,7 @@ pub mod country;
 pub mod diff;
 pub mod history;
 mod raw;
+pub mod signing;
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap};
@@ -438,8 +439,13 @@ impl CompiledPolicy {
 /// The SHA-256 of a policy text, lower-case hex: the identity of the exact
 /// text a decision was made with.
 pub fn digest(text: &str) -> String {
+    digest_bytes(text.as_bytes())
+}
+
+/// The SHA-256 of bytes, lower-case hex.
+pub fn digest_bytes(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(text.as_bytes());
+    let d = sha2::Sha256::digest(bytes);
     let mut out = String::with_capacity(64);
     for b in d {
         out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));

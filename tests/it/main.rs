@@ -10,4 +10,5 @@ mod pipeline;
 mod policy;
 mod process;
 mod schemas;
+mod signing;
 mod tombstones;
