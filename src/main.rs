@@ -295,7 +295,7 @@ async fn cli_main() -> Result<()> {
                 bail!("--rate must be positive (omit it for as fast as possible)");
             }
             let report = clearance::loadgen::run(clearance::loadgen::LoadOptions {
-                bootstrap: cfg.kafka.bootstrap_servers.clone(),
+                kafka: cfg.kafka.clone(),
                 requests_topic: cfg.topics.requests.clone(),
                 decisions_topic: cfg.topics.decisions.clone(),
                 eligibility_topic: cfg.topics.eligibility.clone(),
@@ -303,6 +303,7 @@ async fn cli_main() -> Result<()> {
                 rate,
                 subjects: subjects.max(10),
                 seed: !no_seed,
+                send: true,
                 admin,
                 timeout: Duration::from_secs(timeout_secs),
                 run_id: format!("lg{}-", std::process::id()),

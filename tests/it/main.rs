@@ -9,3 +9,4 @@ mod pipeline;
 mod policy;
 mod process;
 mod schemas;
+mod tools;

@@ -284,3 +284,56 @@ fn secrets_are_not_printed() {
     assert!(all.contains("sasl.password"), "{all}");
     assert!(all.contains("SASL_SSL"), "{all}");
 }
+
+/// The number in `line_prefix N` (or `... N suffix`) in the demo's output.
+fn number_after(stdout: &str, marker: &str) -> Option<usize> {
+    let rest = &stdout[stdout.find(marker)? + marker.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+/// `clearance demo --bootstrap` on a fresh broker that has no topic and
+/// does not create topics on its own (`scripts/kafka` sets
+/// `auto.create.topics.enable=false`): the demo creates its topics before
+/// it publishes the feed, the engine applies every record, and every
+/// outcome is the expected one. (It once published into the void: "0 users
+/// in the cache", 1300 differing outcomes.)
+#[test]
+fn demo_on_a_fresh_real_broker_gets_every_outcome_right() {
+    let broker = PrivateBroker::up();
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args([
+            "demo",
+            "--bootstrap",
+            &broker.bootstrap,
+            "--subjects",
+            "200",
+            "--requests",
+            "1000",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        number_after(&stdout, "engine ready after applying the feed: "),
+        Some(180),
+        "every seeded user (9 in 10 of 200) is in the cache:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("1000 decisions"),
+        "every request decided:\n{stdout}"
+    );
+    assert_eq!(
+        number_after(&stdout, "outcomes differing from the expected: "),
+        Some(0),
+        "{stdout}"
+    );
+    assert!(stdout.contains("subject_revoked"), "{stdout}");
+}
