@@ -337,3 +337,73 @@ fn demo_on_a_fresh_real_broker_gets_every_outcome_right() {
     );
     assert!(stdout.contains("subject_revoked"), "{stdout}");
 }
+
+/// `clearance loadgen` split across runs: a `--seed-only` run publishes the
+/// subjects of its `--run-id`, and a later `--send-only` run with the same
+/// run id sends requests for exactly those subjects. Every outcome is the
+/// expected one, and `unknown_subject` comes only from the population's
+/// deliberately unknown subjects (once the ids embedded the process id, so
+/// a second run's subjects had never been seeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_send_only_uses_the_subjects_an_earlier_run_seeded() {
+    let cfg = test_config("lgsplit");
+    create_topics(&cfg).await;
+    let (h, stop) = start_engine(&cfg).await;
+    let dir = std::env::temp_dir().join(unique("clearance-lgsplit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("loadgen.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let run_id = unique("split");
+    let admin = h.admin_addr.to_string();
+    const SUBJECTS: usize = 100;
+    const REQUESTS: usize = 400;
+    let loadgen = |mode: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+            .arg("loadgen")
+            .arg("--config")
+            .arg(&path)
+            .args(["--run-id", &run_id, mode, "--admin", &admin])
+            .args(["--subjects", &SUBJECTS.to_string()])
+            .args(["--requests", &REQUESTS.to_string(), "--timeout-secs", "120"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "loadgen {mode} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let seeded = tokio::task::block_in_place(|| loadgen("--seed-only"));
+    assert!(seeded.contains("seeded 90 eligibility records"), "{seeded}");
+    assert!(!seeded.contains("decisions"), "seed only: {seeded}");
+    let sent = tokio::task::block_in_place(|| loadgen("--send-only"));
+    stop_engine(h, stop).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(sent.contains(&format!("{REQUESTS} decisions")), "{sent}");
+    assert_eq!(
+        number_after(&sent, "outcomes differing from the expected: "),
+        Some(0),
+        "{sent}"
+    );
+    let unknown: usize = sent
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[1] == "unknown_subject").then(|| w[2].parse::<usize>().unwrap())
+        })
+        .sum();
+    let want = (0..REQUESTS)
+        .filter(|&i| {
+            loadgen::subject("x", i % SUBJECTS).category == loadgen::Category::Unknown
+                && loadgen::model_for(i) == loadgen::TAGGED_MODEL
+        })
+        .count();
+    assert_eq!(
+        unknown, want,
+        "unknown_subject only for the unknown subjects:\n{sent}"
+    );
+}
