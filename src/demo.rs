@@ -1,9 +1,14 @@
 //! `clearance demo`: the whole pipeline on synthetic data, in one command.
 //!
-//! With `--bootstrap` it uses that broker. Without, it starts librdkafka's
+//! With `--bootstrap` it uses that broker, creating its topics first (a
+//! broker need not create them on first use). Without, it starts librdkafka's
 //! in-process mock cluster (`rdkafka::mocking`): good enough for a demo,
 //! never used by the acceptance tests (it has no admin API, keeps about 100k
 //! messages per partition, and its transactions are not real).
+//!
+//! Every record it publishes is confirmed delivered
+//! ([`loadgen::confirm_delivery`]): an undelivered one ends the demo with an
+//! error naming the topic, instead of wrong answers later.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +16,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, Producer};
+use rdkafka::producer::DefaultProducerContext;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +52,9 @@ pub enum DemoError {
     /// Kafka failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The demo's topics could not be created.
+    #[error(transparent)]
+    Topics(#[from] crate::kafka::KafkaBoundaryError),
     /// Something did not happen in time.
     #[error("{0}")]
     Timeout(String),
@@ -64,6 +72,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             println!("== broker: {b}");
             cfg.kafka.bootstrap_servers = b.clone();
             _mock = None;
+            // Before anything is published: a broker need not create
+            // topics on first use (ours do not).
+            let created = crate::kafka::create_topics(&cfg.kafka, &cfg.topics).await?;
+            if !created.is_empty() {
+                println!("   created topics: {}", created.join(", "));
+            }
         }
         None => {
             let mock = MockCluster::new(1)?;
@@ -92,7 +106,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         "\n== 1. eligibility feed: publishing {} synthetic subjects",
         opts.subjects
     );
-    let producer = loadgen::data_producer(&bootstrap)?;
+    let producer = loadgen::data_producer_for(&cfg.kafka)?;
     let subjects: Vec<loadgen::Subject> = (0..opts.subjects)
         .map(|i| loadgen::subject(&run_id, i))
         .collect();
@@ -100,7 +114,9 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         .iter()
         .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
         .collect();
-    loadgen::publish_eligibility(&producer, &cfg.topics.eligibility, &records)?;
+    tokio::task::block_in_place(|| {
+        loadgen::publish_eligibility(&producer, &cfg.topics.eligibility, &records)
+    })?;
     let mut mix: BTreeMap<String, usize> = BTreeMap::new();
     for s in &subjects {
         *mix.entry(format!("{:?}", s.category)).or_default() += 1;
@@ -124,7 +140,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     // 2. Decisions flowing.
     println!("\n== 2. decisions: {} mixed requests", opts.requests);
     let report = loadgen::run(LoadOptions {
-        bootstrap: bootstrap.clone(),
+        kafka: cfg.kafka.clone(),
         requests_topic: cfg.topics.requests.clone(),
         decisions_topic: cfg.topics.decisions.clone(),
         eligibility_topic: cfg.topics.eligibility.clone(),
@@ -132,6 +148,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         rate: None,
         subjects: opts.subjects,
         seed: false,
+        send: true,
         admin: Some(admin),
         timeout: Duration::from_secs(120),
         run_id: run_id.clone(),
@@ -186,11 +203,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             revoked_at: OffsetDateTime::now_utc(),
             reason: Some("demo: compliance revoked access".into()),
         });
-        loadgen::publish_eligibility(
-            &producer,
-            &cfg.topics.eligibility,
-            &[EligibilityRecord::User(rec)],
-        )?;
+        tokio::task::block_in_place(|| {
+            loadgen::publish_eligibility(
+                &producer,
+                &cfg.topics.eligibility,
+                &[EligibilityRecord::User(rec)],
+            )
+        })?;
         let targets = loadgen::high_watermarks(&bootstrap, &cfg.topics.eligibility)?;
         loadgen::wait_for_feed(admin, &targets, Duration::from_secs(30)).await?;
         println!("   revocation (version 2) applied by the engine");
@@ -241,7 +260,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
 async fn one_decision(
     bootstrap: &str,
     cfg: &Config,
-    producer: &rdkafka::producer::BaseProducer,
+    producer: &loadgen::DataProducer,
     s: &loadgen::Subject,
     id: &str,
     model: &str,
@@ -251,7 +270,7 @@ async fn one_decision(
     let req = loadgen::request(s, request_id.clone(), model);
     let body = serde_json::to_vec(&req).unwrap_or_default();
     loadgen::send_blocking(producer, &cfg.topics.requests, s.id.as_bytes(), Some(&body))?;
-    producer.flush(Duration::from_secs(10))?;
+    tokio::task::block_in_place(|| loadgen::confirm_delivery(producer))?;
     tokio::task::block_in_place(|| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {

@@ -9,18 +9,22 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use time::OffsetDateTime;
 
+use crate::config::KafkaConfig;
 use crate::event::{
     AccessRequest, Citizenship, Decision, EligibilityRecord, Geolocation, Outcome,
     PermanentResidency, ResidencyStatus, UsPersonStatus, UserRecord, Verification,
@@ -237,24 +241,151 @@ pub enum LoadgenError {
     /// A Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// Records were not delivered: the error librdkafka reported for the
+    /// first of them (the broker's, or a local one such as an unknown topic
+    /// or the delivery timeout).
+    #[error("{failed} record(s) to topic {topic} not delivered: {error}")]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// How many records to that topic failed.
+        failed: u64,
+        /// The first failure.
+        error: KafkaError,
+    },
+    /// Records were neither delivered nor reported failed in time.
+    #[error("{pending} record(s) not confirmed delivered within {within:?}")]
+    Unconfirmed {
+        /// Records still in flight.
+        pending: i32,
+        /// How long the producer was flushed.
+        within: Duration,
+    },
     /// The engine did not become ready, or apply the feed, in time.
     #[error("timed out: {0}")]
     Timeout(String),
 }
 
-/// A producer for test data (change-feed records and requests).
-pub fn data_producer(bootstrap: &str) -> Result<BaseProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "200000")
-        .set("enable.idempotence", "true")
-        .create()
+/// How long the tools' producer tries to deliver a record before it reports
+/// it failed (librdkafka's `message.timeout.ms`; `kafka.properties` may set
+/// another, `0` counting as this one when the producer is flushed).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the tools' producer waits for a topic missing from the broker's
+/// metadata to appear before it fails the records sent to it
+/// (`topic.metadata.propagation.max.ms`).
+pub const MISSING_TOPIC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The producer context of [`DataProducer`]: it counts delivery reports and
+/// keeps the first failure per topic, for [`confirm_delivery`].
+#[derive(Debug)]
+pub struct DeliveryCheck {
+    /// How long [`confirm_delivery`] flushes: the delivery timeout plus a
+    /// margin, so that librdkafka reports every record first.
+    flush_timeout: Duration,
+    failed: Mutex<BTreeMap<String, (u64, KafkaError)>>,
 }
 
-/// Send, waiting while the local queue is full.
-pub fn send_blocking(
-    p: &BaseProducer,
+impl DeliveryCheck {
+    /// The first topic with failed deliveries since the last call, as an
+    /// error (and forget every failure seen so far).
+    pub fn take_failure(&self) -> Option<LoadgenError> {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let first = std::mem::take(&mut *failed).into_iter().next();
+        first.map(|(topic, (failed, error))| LoadgenError::Delivery {
+            topic,
+            failed,
+            error,
+        })
+    }
+}
+
+impl rdkafka::ClientContext for DeliveryCheck {}
+
+impl ProducerContext for DeliveryCheck {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, msg)) = result {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed
+                .entry(msg.topic().to_string())
+                .or_insert_with(|| (0, error.clone()))
+                .0 += 1;
+        }
+    }
+}
+
+/// The producer of the tools (load generator, demo, tests): every record it
+/// sends is confirmed by [`confirm_delivery`].
+pub type DataProducer = BaseProducer<DeliveryCheck>;
+
+/// The client configuration of a [`DataProducer`]: [`crate::kafka::base_config`]
+/// (bootstrap servers, and the operator's `kafka.properties`: TLS, SASL...),
+/// then the tools' defaults for every property those do not set.
+pub fn data_producer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = crate::kafka::base_config(k, "loadgen");
+    let timeout = DELIVERY_TIMEOUT.as_millis().to_string();
+    let propagation = MISSING_TOPIC_TIMEOUT.as_millis().to_string();
+    let defaults: [(&[&str], &str); 5] = [
+        (&["linger.ms", "queue.buffering.max.ms"], "5"),
+        (&["queue.buffering.max.messages"], "200000"),
+        (&["enable.idempotence"], "true"),
+        (&["message.timeout.ms", "delivery.timeout.ms"], &timeout),
+        (&["topic.metadata.propagation.max.ms"], &propagation),
+    ];
+    for (names, value) in defaults {
+        if names.iter().all(|n| c.get(n).is_none()) {
+            c.set(names[0], value);
+        }
+    }
+    c
+}
+
+/// A producer for test data (change-feed records and requests) on
+/// `bootstrap`, with no other property.
+pub fn data_producer(bootstrap: &str) -> Result<DataProducer, KafkaError> {
+    data_producer_for(&KafkaConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        ..KafkaConfig::default()
+    })
+}
+
+/// A producer for test data with the client settings of `k`
+/// ([`data_producer_config`]).
+pub fn data_producer_for(k: &KafkaConfig) -> Result<DataProducer, KafkaError> {
+    let c = data_producer_config(k);
+    let ms = c
+        .get("message.timeout.ms")
+        .or_else(|| c.get("delivery.timeout.ms"))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(DELIVERY_TIMEOUT, Duration::from_millis);
+    c.create_with_context(DeliveryCheck {
+        flush_timeout: ms + Duration::from_secs(5),
+        failed: Mutex::new(BTreeMap::new()),
+    })
+}
+
+/// Wait until every record sent through `p` is delivered or reported
+/// failed (at most the delivery timeout plus five seconds); an error names
+/// the first topic whose records failed and librdkafka's error for them.
+pub fn confirm_delivery(p: &DataProducer) -> Result<(), LoadgenError> {
+    let within = p.context().flush_timeout;
+    let flushed = p.flush(within);
+    if let Some(e) = p.context().take_failure() {
+        return Err(e);
+    }
+    flushed.map_err(|_| LoadgenError::Unconfirmed {
+        pending: p.in_flight_count(),
+        within,
+    })
+}
+
+/// Send, waiting while the local queue is full. The record is only queued:
+/// [`confirm_delivery`] tells whether it was delivered.
+pub fn send_blocking<C: ProducerContext<DeliveryOpaque = ()>>(
+    p: &BaseProducer<C>,
     topic: &str,
     key: &[u8],
     payload: Option<&[u8]>,
@@ -275,24 +406,37 @@ pub fn send_blocking(
     }
 }
 
-/// Publish eligibility records (and flush).
+/// Publish eligibility records and confirm their delivery
+/// ([`confirm_delivery`]).
 pub fn publish_eligibility(
-    p: &BaseProducer,
+    p: &DataProducer,
     topic: &str,
     records: &[EligibilityRecord],
-) -> Result<(), KafkaError> {
+) -> Result<(), LoadgenError> {
     for r in records {
         let body = serde_json::to_vec(r).unwrap_or_default();
         send_blocking(p, topic, r.key().as_bytes(), Some(&body))?;
         p.poll(Duration::ZERO);
     }
-    p.flush(Duration::from_secs(60))
+    confirm_delivery(p)
+}
+
+fn on(bootstrap: &str) -> KafkaConfig {
+    KafkaConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        ..KafkaConfig::default()
+    }
 }
 
 /// High watermarks of every partition of `topic`.
 pub fn high_watermarks(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, i64>, KafkaError> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    high_watermarks_for(&on(bootstrap), topic)
+}
+
+/// High watermarks of every partition of `topic`, with the client settings
+/// of `k`.
+pub fn high_watermarks_for(k: &KafkaConfig, topic: &str) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    let c: BaseConsumer = crate::kafka::base_config(k, "loadgen-watermarks")
         .set("group.id", "clearance-watermarks")
         .create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -365,9 +509,13 @@ pub async fn wait_for_assignment(admin: SocketAddr, timeout: Duration) -> Result
 /// A consumer of the decision topic positioned at its current end, so that
 /// only decisions made from now on are read.
 pub fn decision_reader(bootstrap: &str, topic: &str) -> Result<BaseConsumer, KafkaError> {
-    let highs = high_watermarks(bootstrap, topic)?;
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    decision_reader_for(&on(bootstrap), topic)
+}
+
+/// [`decision_reader`] with the client settings of `k`.
+pub fn decision_reader_for(k: &KafkaConfig, topic: &str) -> Result<BaseConsumer, KafkaError> {
+    let highs = high_watermarks_for(k, topic)?;
+    let c: BaseConsumer = crate::kafka::base_config(k, "loadgen-reader")
         .set("group.id", "clearance-reader")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -383,8 +531,8 @@ pub fn decision_reader(bootstrap: &str, topic: &str) -> Result<BaseConsumer, Kaf
 /// Load options.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Bootstrap servers.
-    pub bootstrap: String,
+    /// Client settings: bootstrap servers and the operator's properties.
+    pub kafka: KafkaConfig,
     /// Requests topic.
     pub requests_topic: String,
     /// Decisions topic.
@@ -399,17 +547,23 @@ pub struct LoadOptions {
     pub subjects: usize,
     /// Publish the subjects' eligibility records first.
     pub seed: bool,
+    /// Send the requests and read their decisions back (`false`: seed only).
+    pub send: bool,
     /// Engine admin address, to wait for the feed to be applied.
     pub admin: Option<SocketAddr>,
     /// Give up reading decisions after this long.
     pub timeout: Duration,
-    /// Prefix of subject and request ids (unique per run).
+    /// Prefix of subject ids (`{run_id}u{i}`) and of request ids. Subjects
+    /// seeded by one run are the subjects of a later run with the same
+    /// `run_id` and `subjects`; request ids differ per run anyway.
     pub run_id: String,
 }
 
 /// What a load run measured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadReport {
+    /// Eligibility records published (and confirmed delivered).
+    pub seeded: usize,
     /// Requests sent.
     pub sent: usize,
     /// Decisions read back for them (first decision per request).
@@ -475,12 +629,24 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
-/// Run a load: optionally seed eligibility, send requests, read decisions.
+/// A tag unique to this process and moment, so that request ids differ
+/// between runs that share a run id.
+fn session_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// Run a load: optionally seed eligibility, optionally send requests and
+/// read their decisions back. Every record sent is confirmed delivered
+/// ([`confirm_delivery`]): a failed delivery ends the run with an error.
 pub async fn run(opts: LoadOptions) -> Result<LoadReport, LoadgenError> {
     let subjects: Vec<Subject> = (0..opts.subjects.max(1))
         .map(|i| subject(&opts.run_id, i))
         .collect();
-    let producer = data_producer(&opts.bootstrap)?;
+    let producer = data_producer_for(&opts.kafka)?;
+    let mut seeded = 0;
     if opts.seed {
         let recs: Vec<EligibilityRecord> = subjects
             .iter()
@@ -488,33 +654,43 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport, LoadgenError> {
             .collect();
         let (p, topic) = (&producer, opts.eligibility_topic.clone());
         tokio::task::block_in_place(|| publish_eligibility(p, &topic, &recs))?;
+        seeded = recs.len();
         if let Some(admin) = opts.admin {
-            let targets = high_watermarks(&opts.bootstrap, &opts.eligibility_topic)?;
+            let targets = high_watermarks_for(&opts.kafka, &opts.eligibility_topic)?;
             wait_for_feed(admin, &targets, Duration::from_secs(120)).await?;
         }
+    }
+    if !opts.send {
+        return Ok(LoadReport {
+            seeded,
+            ..LoadReport::default()
+        });
     }
 
     if let Some(admin) = opts.admin {
         wait_for_assignment(admin, Duration::from_secs(120)).await?;
     }
-    let reader = decision_reader(&opts.bootstrap, &opts.decisions_topic)?;
+    let reader = decision_reader_for(&opts.kafka, &opts.decisions_topic)?;
     let n = opts.requests;
-    let prefix = format!("{}r", opts.run_id);
+    let prefix = format!("{}r{}-", opts.run_id, session_tag());
+    let stop = Arc::new(AtomicBool::new(false));
 
     // Reader thread: collect the first decision of every request of this run.
     let reader_task = {
         let prefix = prefix.clone();
         let subjects = subjects.clone();
         let timeout = opts.timeout;
-        tokio::task::spawn_blocking(move || read_decisions(reader, &prefix, n, &subjects, timeout))
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            read_decisions(reader, &prefix, n, &subjects, timeout, &stop)
+        })
     };
 
     let start = Instant::now();
     let req_topic = opts.requests_topic.clone();
     let rate = opts.rate;
-    let run_id = opts.run_id.clone();
     let send_subjects = subjects.clone();
-    let send = tokio::task::spawn_blocking(move || -> Result<f64, KafkaError> {
+    let send = tokio::task::spawn_blocking(move || -> Result<f64, LoadgenError> {
         for i in 0..n {
             if let Some(r) = rate {
                 let due = start + Duration::from_secs_f64(i as f64 / r as f64);
@@ -524,22 +700,35 @@ pub async fn run(opts: LoadOptions) -> Result<LoadReport, LoadgenError> {
                 }
             }
             let s = &send_subjects[i % send_subjects.len()];
-            let req = request(s, format!("{run_id}r{i}"), model_for(i));
+            let req = request(s, format!("{prefix}{i}"), model_for(i));
             let body = serde_json::to_vec(&req).unwrap_or_default();
             send_blocking(&producer, &req_topic, s.id.as_bytes(), Some(&body))?;
             if i % 256 == 0 {
                 producer.poll(Duration::ZERO);
+                if let Some(e) = producer.context().take_failure() {
+                    return Err(e);
+                }
             }
         }
-        producer.flush(Duration::from_secs(60))?;
+        confirm_delivery(&producer)?;
         Ok(start.elapsed().as_secs_f64())
     });
-    let send_secs = send
+    let sent = send
         .await
-        .map_err(|e| LoadgenError::Timeout(e.to_string()))??;
+        .map_err(|e| LoadgenError::Timeout(e.to_string()))
+        .and_then(|r| r);
+    let send_secs = match sent {
+        Ok(secs) => secs,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = reader_task.await;
+            return Err(e);
+        }
+    };
     let mut report = reader_task
         .await
         .map_err(|e| LoadgenError::Timeout(e.to_string()))?;
+    report.seeded = seeded;
     report.sent = n;
     report.send_secs = send_secs;
     report.elapsed_secs = start.elapsed().as_secs_f64().min(report.elapsed_secs);
@@ -552,6 +741,7 @@ fn read_decisions(
     n: usize,
     subjects: &[Subject],
     timeout: Duration,
+    stop: &AtomicBool,
 ) -> LoadReport {
     let start = Instant::now();
     let mut last = start;
@@ -562,7 +752,7 @@ fn read_decisions(
     let mut mismatches = 0;
     let mut examples = Vec::new();
     let deadline = start + timeout;
-    while decided < n && Instant::now() < deadline {
+    while decided < n && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -605,6 +795,7 @@ fn read_decisions(
         }
     }
     LoadReport {
+        seeded: 0,
         sent: n,
         decided,
         elapsed_secs: (last - start).as_secs_f64(),
@@ -633,6 +824,27 @@ mod tests {
             .iter()
             .filter(|s| s.category == Category::Unknown)
             .all(|s| s.record.is_none()));
+    }
+
+    #[test]
+    fn the_producer_takes_the_operators_properties() {
+        let mut k = KafkaConfig::default();
+        k.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        k.properties.insert("linger.ms".into(), "50".into());
+        k.properties
+            .insert("delivery.timeout.ms".into(), "120000".into());
+        let c = data_producer_config(&k);
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("linger.ms"), Some("50"), "the operator's value wins");
+        assert_eq!(
+            c.get("message.timeout.ms"),
+            None,
+            "nor its alias is overridden"
+        );
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        let d = data_producer_config(&KafkaConfig::default());
+        assert_eq!(d.get("message.timeout.ms"), Some("30000"));
     }
 
     #[test]

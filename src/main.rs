@@ -77,9 +77,19 @@ enum Command {
         /// Synthetic subjects.
         #[arg(long, default_value_t = 10_000)]
         subjects: usize,
-        /// Do not publish the subjects' eligibility records first.
+        /// Subject ids are `RUN_ID-u<i>`: a later run with the same run id
+        /// and `--subjects` uses the same subjects (see `--send-only`).
+        /// Default: unique to this process.
         #[arg(long)]
-        no_seed: bool,
+        run_id: Option<String>,
+        /// Only publish the subjects' eligibility records (and, with
+        /// `--admin`, wait until the engine has applied them); send no request.
+        #[arg(long, conflicts_with = "send_only")]
+        seed_only: bool,
+        /// Publish no eligibility record: only send requests for the run id's
+        /// subjects (seeded by an earlier run) and read the decisions back.
+        #[arg(long, alias = "no-seed")]
+        send_only: bool,
         /// Engine admin address, to wait until it has applied the seeded feed.
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
@@ -307,8 +317,8 @@ async fn policy_command(cmd: PolicyCommand) -> Result<()> {
 fn read_signer(path: &std::path::Path) -> Result<clearance::policy::signing::PolicySigner> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading signing key {}", path.display()))?;
-    Ok(clearance::policy::signing::PolicySigner::from_text(&text)
-        .with_context(|| format!("signing key {}", path.display()))?)
+    clearance::policy::signing::PolicySigner::from_text(&text)
+        .with_context(|| format!("signing key {}", path.display()))
 }
 
 fn init_tracing() {
@@ -436,7 +446,9 @@ async fn cli_main() -> Result<ExitCode> {
             requests,
             rate,
             subjects,
-            no_seed,
+            run_id,
+            seed_only,
+            send_only,
             admin,
             timeout_secs,
         } => {
@@ -444,21 +456,45 @@ async fn cli_main() -> Result<ExitCode> {
             if rate == Some(0) {
                 bail!("--rate must be positive (omit it for as fast as possible)");
             }
+            let run_id = match run_id {
+                Some(id) => {
+                    if id.is_empty()
+                        || !id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    {
+                        bail!("--run-id must be letters, digits, '-', '_' or '.'");
+                    }
+                    id
+                }
+                None => format!("lg{}", std::process::id()),
+            };
+            let subjects = subjects.max(10);
             let report = clearance::loadgen::run(clearance::loadgen::LoadOptions {
-                bootstrap: cfg.kafka.bootstrap_servers.clone(),
+                kafka: cfg.kafka.clone(),
                 requests_topic: cfg.topics.requests.clone(),
                 decisions_topic: cfg.topics.decisions.clone(),
                 eligibility_topic: cfg.topics.eligibility.clone(),
                 requests,
                 rate,
-                subjects: subjects.max(10),
-                seed: !no_seed,
+                subjects,
+                seed: !send_only,
+                send: !seed_only,
                 admin,
                 timeout: Duration::from_secs(timeout_secs),
-                run_id: format!("lg{}-", std::process::id()),
+                run_id: format!("{run_id}-"),
             })
             .await
             .context("load generation failed")?;
+            if seed_only {
+                println!(
+                    "run id {run_id}: seeded {} eligibility records of {subjects} subjects \
+                     (send requests for them with --run-id {run_id} --subjects {subjects} --send-only)",
+                    report.seeded
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("run id {run_id}");
             println!("{report}");
             if report.decided < report.sent {
                 bail!(

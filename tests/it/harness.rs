@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use clearance::config::Config;
 use clearance::engine::{self, EngineHandle};
 use clearance::event::{Decision, EligibilityRecord};
+use clearance::loadgen::DataProducer;
 use rand::Rng;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -141,22 +141,22 @@ pub async fn stop_engine(h: EngineHandle, stop: StopGuard) {
 }
 
 /// A producer for test input.
-pub fn producer() -> BaseProducer {
+pub fn producer() -> DataProducer {
     clearance::loadgen::data_producer(&bootstrap()).expect("producer")
 }
 
-/// Publish eligibility records and flush.
-pub fn publish_records(p: &BaseProducer, cfg: &Config, recs: &[EligibilityRecord]) {
+/// Publish eligibility records and confirm their delivery.
+pub fn publish_records(p: &DataProducer, cfg: &Config, recs: &[EligibilityRecord]) {
     clearance::loadgen::publish_eligibility(p, &cfg.topics.eligibility, recs).expect("publish");
 }
 
-/// Publish raw request payloads (key = subject) and flush.
-pub fn publish_raw(p: &BaseProducer, topic: &str, items: &[(Vec<u8>, Vec<u8>)]) {
+/// Publish raw request payloads (key = subject) and confirm their delivery.
+pub fn publish_raw(p: &DataProducer, topic: &str, items: &[(Vec<u8>, Vec<u8>)]) {
     for (k, v) in items {
         clearance::loadgen::send_blocking(p, topic, k, Some(v)).expect("send");
         p.poll(Duration::ZERO);
     }
-    p.flush(Duration::from_secs(60)).expect("flush");
+    clearance::loadgen::confirm_delivery(p).expect("delivered");
 }
 
 /// A consumer reading every partition of `topic` from the beginning.
@@ -366,7 +366,7 @@ pub fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> EnginePr
 
 /// Publish the eligibility records of synthetic subjects (unknown subjects
 /// have none).
-pub fn seed(p: &BaseProducer, cfg: &Config, subjects: &[clearance::loadgen::Subject]) {
+pub fn seed(p: &DataProducer, cfg: &Config, subjects: &[clearance::loadgen::Subject]) {
     let recs: Vec<EligibilityRecord> = subjects
         .iter()
         .filter_map(|s| s.record.clone().map(EligibilityRecord::User))
@@ -486,7 +486,7 @@ impl RevocationProbe {
     }
 
     /// Publish the revocation through `p`.
-    pub fn revoke(&self, p: &BaseProducer, cfg: &Config) {
+    pub fn revoke(&self, p: &DataProducer, cfg: &Config) {
         publish_records(p, cfg, &[self.revocation()]);
     }
 

@@ -12,3 +12,4 @@ mod process;
 mod schemas;
 mod signing;
 mod tombstones;
+mod tools;

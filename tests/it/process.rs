@@ -284,3 +284,126 @@ fn secrets_are_not_printed() {
     assert!(all.contains("sasl.password"), "{all}");
     assert!(all.contains("SASL_SSL"), "{all}");
 }
+
+/// The number in `line_prefix N` (or `... N suffix`) in the demo's output.
+fn number_after(stdout: &str, marker: &str) -> Option<usize> {
+    let rest = &stdout[stdout.find(marker)? + marker.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+/// `clearance demo --bootstrap` on a fresh broker that has no topic and
+/// does not create topics on its own (`scripts/kafka` sets
+/// `auto.create.topics.enable=false`): the demo creates its topics before
+/// it publishes the feed, the engine applies every record, and every
+/// outcome is the expected one. (It once published into the void: "0 users
+/// in the cache", 1300 differing outcomes.)
+#[test]
+fn demo_on_a_fresh_real_broker_gets_every_outcome_right() {
+    let broker = PrivateBroker::up();
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args([
+            "demo",
+            "--bootstrap",
+            &broker.bootstrap,
+            "--subjects",
+            "200",
+            "--requests",
+            "1000",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        number_after(&stdout, "engine ready after applying the feed: "),
+        Some(180),
+        "every seeded user (9 in 10 of 200) is in the cache:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("1000 decisions"),
+        "every request decided:\n{stdout}"
+    );
+    assert_eq!(
+        number_after(&stdout, "outcomes differing from the expected: "),
+        Some(0),
+        "{stdout}"
+    );
+    assert!(stdout.contains("subject_revoked"), "{stdout}");
+}
+
+/// `clearance loadgen` split across runs: a `--seed-only` run publishes the
+/// subjects of its `--run-id`, and a later `--send-only` run with the same
+/// run id sends requests for exactly those subjects. Every outcome is the
+/// expected one, and `unknown_subject` comes only from the population's
+/// deliberately unknown subjects (once the ids embedded the process id, so
+/// a second run's subjects had never been seeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_send_only_uses_the_subjects_an_earlier_run_seeded() {
+    let cfg = test_config("lgsplit");
+    create_topics(&cfg).await;
+    let (h, stop) = start_engine(&cfg).await;
+    let dir = std::env::temp_dir().join(unique("clearance-lgsplit"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("loadgen.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let run_id = unique("split");
+    let admin = h.admin_addr.to_string();
+    const SUBJECTS: usize = 100;
+    const REQUESTS: usize = 400;
+    let loadgen = |mode: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+            .arg("loadgen")
+            .arg("--config")
+            .arg(&path)
+            .args(["--run-id", &run_id, mode, "--admin", &admin])
+            .args(["--subjects", &SUBJECTS.to_string()])
+            .args(["--requests", &REQUESTS.to_string(), "--timeout-secs", "120"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "loadgen {mode} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let seeded = tokio::task::block_in_place(|| loadgen("--seed-only"));
+    assert!(seeded.contains("seeded 90 eligibility records"), "{seeded}");
+    assert!(!seeded.contains("decisions"), "seed only: {seeded}");
+    let sent = tokio::task::block_in_place(|| loadgen("--send-only"));
+    stop_engine(h, stop).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(sent.contains(&format!("{REQUESTS} decisions")), "{sent}");
+    assert_eq!(
+        number_after(&sent, "outcomes differing from the expected: "),
+        Some(0),
+        "{sent}"
+    );
+    let unknown: usize = sent
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3 && w[1] == "unknown_subject").then(|| w[2].parse::<usize>().unwrap())
+        })
+        .sum();
+    let want = (0..REQUESTS)
+        .filter(|&i| {
+            loadgen::subject("x", i % SUBJECTS).category == loadgen::Category::Unknown
+                && loadgen::model_for(i) == loadgen::TAGGED_MODEL
+        })
+        .count();
+    assert_eq!(
+        unknown, want,
+        "unknown_subject only for the unknown subjects:\n{sent}"
+    );
+}
