@@ -5,6 +5,7 @@
 mod domain;
 mod faults;
 mod harness;
+mod invariants;
 mod pipeline;
 mod policy;
 mod process;
