@@ -34,8 +34,8 @@ use crate::config::{Config, DeliveryMode};
 use crate::decide::{decide, reason, Eligibility};
 use crate::eligibility::Store;
 use crate::event::{
-    check_size, decode_request, salvage_request_id, DeadLetter, Decision, DecisionInputs,
-    DecodeError, Outcome, RecordVersion, SourceCoordinates, Versions,
+    check_size, decode_request, salvage_request_id, AccessRequest, DeadLetter, Decision,
+    DecisionInputs, DecodeError, Outcome, RecordVersion, SourceCoordinates, Versions,
 };
 use crate::kafka::{base_config, KafkaBoundaryError};
 use crate::metrics as m;
@@ -379,20 +379,48 @@ impl DeadLetterSink {
 
 /// The policy in force; swapped atomically as a whole.
 #[derive(Debug)]
-pub struct ActivePolicy(RwLock<Arc<CompiledPolicy>>);
+pub struct ActivePolicy {
+    current: RwLock<Arc<CompiledPolicy>>,
+    /// Test hook ([`ActivePolicy::swapping_on_every_load`]): the policy the
+    /// next load swaps in.
+    #[cfg(test)]
+    swap_on_load: Option<Mutex<Arc<CompiledPolicy>>>,
+}
 
 impl ActivePolicy {
     /// Start with `p`.
     pub fn new(p: CompiledPolicy) -> Self {
-        Self(RwLock::new(Arc::new(p)))
+        Self {
+            current: RwLock::new(Arc::new(p)),
+            #[cfg(test)]
+            swap_on_load: None,
+        }
+    }
+    /// A policy that swaps itself on every [`ActivePolicy::current`]: the
+    /// first load returns `first` and swaps in `second`, the next returns
+    /// `second` and swaps `first` back in, and so on. A rollout landing
+    /// between any two loads, made deterministic.
+    #[cfg(test)]
+    pub fn swapping_on_every_load(first: CompiledPolicy, second: CompiledPolicy) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(first)),
+            swap_on_load: Some(Mutex::new(Arc::new(second))),
+        }
     }
     /// The current policy.
     pub fn current(&self) -> Arc<CompiledPolicy> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+        let p = Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()));
+        #[cfg(test)]
+        if let Some(next) = &self.swap_on_load {
+            let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
+            let upcoming = std::mem::replace(&mut *next, Arc::clone(&p));
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = upcoming;
+        }
+        p
     }
     /// Replace the policy.
     pub fn swap(&self, p: CompiledPolicy) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
     }
 }
 
@@ -860,55 +888,18 @@ fn process(
         partition,
         offset,
     };
-    let policy = shared.policy.current();
     let decoded = check_size(payload, shared.cfg.engine.max_input_bytes)
         .and_then(|()| decode_request(payload));
     match decoded {
         Ok(req) => {
-            let subject = shared.store.user(&req.subject_id);
-            let org_id = req
-                .organization_id
-                .as_deref()
-                .or(subject.as_ref().and_then(|s| s.organization_id.as_deref()));
-            let org = org_id.and_then(|id| shared.store.organization(id));
-            let elig = Eligibility {
-                subject: subject.as_deref(),
-                organization: org.as_deref(),
-                data_stale: shared.feed.is_stale(),
-                owners: &*shared.store,
-            };
-            let verdict = decide(&policy, &elig, &req);
-            let now = OffsetDateTime::now_utc();
-            let latency = (now - req.event_time).as_seconds_f64().max(0.0);
-            metrics::histogram!(m::DECISION_LATENCY_SECONDS).record(latency);
-            // Bounded label: catalog models only.
-            let model_label = if verdict.reasons.contains(&reason::UNKNOWN_MODEL) {
-                "unknown".to_string()
-            } else {
-                req.model.clone()
-            };
-            for r in &verdict.reasons {
-                metrics::counter!(m::DECISIONS_TOTAL, "outcome" => verdict.outcome.as_str(), "reason" => *r, "model" => model_label.clone()).increment(1);
-            }
-            let request_id = req.request_id.clone();
-            let decision = Decision {
-                request_id,
-                outcome: verdict.outcome,
-                reasons: verdict.reasons.iter().map(|s| s.to_string()).collect(),
-                rule_ids: verdict.rule_ids,
-                legal_basis: verdict.legal_basis,
-                obligations: verdict.obligations.iter().map(|s| s.to_string()).collect(),
-                versions: verdict.versions,
-                inputs: Some(DecisionInputs {
-                    request: req,
-                    subject,
-                    organization: org,
-                    owners: verdict.owner_records,
-                }),
-                decided_at: now,
-                source: Some(source),
-                engine_instance: shared.instance_id.clone(),
-            };
+            let decision = decide_request(
+                &shared.policy,
+                &shared.store,
+                &shared.feed,
+                &shared.instance_id,
+                req,
+                source,
+            );
             out.begin(partition, offset, 1);
             let r = publish_decision(shared, out, &decision, partition, offset, shutdown);
             metrics::histogram!(m::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
@@ -932,12 +923,72 @@ fn process(
                 out.tracker.cloned(),
             )?;
             if let Some(request_id) = request_id {
+                let policy = shared.policy.current();
                 let decision = malformed_decision(&policy, request_id, source, &shared.instance_id);
                 metrics::counter!(m::DECISIONS_TOTAL, "outcome" => "deny", "reason" => reason::MALFORMED_REQUEST, "model" => "unknown").increment(1);
                 publish_decision(shared, out, &decision, partition, offset, shutdown)?;
             }
             Ok(())
         }
+    }
+}
+
+/// Decide a decoded request against the shared state and build its
+/// decision. The policy is loaded once: the outcome, reasons, rule ids and
+/// the policy id, version and data version all come from that one `Arc`,
+/// whatever rollout happens meanwhile (ARCHITECTURE.md, "A policy is
+/// swapped whole").
+pub fn decide_request(
+    policy: &ActivePolicy,
+    store: &Store,
+    feed: &crate::eligibility::feed::FeedState,
+    instance_id: &str,
+    req: AccessRequest,
+    source: SourceCoordinates,
+) -> Decision {
+    let policy = policy.current();
+    let subject = store.user(&req.subject_id);
+    let org_id = req
+        .organization_id
+        .as_deref()
+        .or(subject.as_ref().and_then(|s| s.organization_id.as_deref()));
+    let org = org_id.and_then(|id| store.organization(id));
+    let elig = Eligibility {
+        subject: subject.as_deref(),
+        organization: org.as_deref(),
+        data_stale: feed.is_stale(),
+        owners: store,
+    };
+    let verdict = decide(&policy, &elig, &req);
+    let now = OffsetDateTime::now_utc();
+    let latency = (now - req.event_time).as_seconds_f64().max(0.0);
+    metrics::histogram!(m::DECISION_LATENCY_SECONDS).record(latency);
+    // Bounded label: catalog models only.
+    let model_label = if verdict.reasons.contains(&reason::UNKNOWN_MODEL) {
+        "unknown".to_string()
+    } else {
+        req.model.clone()
+    };
+    for r in &verdict.reasons {
+        metrics::counter!(m::DECISIONS_TOTAL, "outcome" => verdict.outcome.as_str(), "reason" => *r, "model" => model_label.clone()).increment(1);
+    }
+    Decision {
+        request_id: req.request_id.clone(),
+        outcome: verdict.outcome,
+        reasons: verdict.reasons.iter().map(|s| s.to_string()).collect(),
+        rule_ids: verdict.rule_ids,
+        legal_basis: verdict.legal_basis,
+        obligations: verdict.obligations.iter().map(|s| s.to_string()).collect(),
+        versions: verdict.versions,
+        inputs: Some(DecisionInputs {
+            request: req,
+            subject,
+            organization: org,
+            owners: verdict.owner_records,
+        }),
+        decided_at: now,
+        source: Some(source),
+        engine_instance: instance_id.to_string(),
     }
 }
 
@@ -1028,3 +1079,6 @@ mod tests {
         assert_eq!(t.take_done(), vec![(2, 1)]);
     }
 }
+
+#[cfg(test)]
+mod whole_policy_tests;

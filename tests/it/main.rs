@@ -6,6 +6,7 @@ mod domain;
 mod explain;
 mod faults;
 mod harness;
+mod invariants;
 mod pipeline;
 mod policy;
 mod process;
