@@ -166,7 +166,7 @@ async fn policy_command(cmd: PolicyCommand) -> Result<()> {
             }
         }
         PolicyCommand::Diff { old, new } => {
-            print!("{}", policy::diff_files(&old, &new)?);
+            println!("{}", policy::diff_files(&old, &new)?);
         }
         PolicyCommand::Publish { config, file } => {
             let cfg = config.load()?;

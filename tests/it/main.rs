@@ -2,6 +2,7 @@
 //! broker (started once per run by `scripts/kafka`, or the one named by
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
+mod cli;
 mod domain;
 mod faults;
 mod harness;
