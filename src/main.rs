@@ -188,11 +188,15 @@ async fn policy_command(cmd: PolicyCommand) -> Result<()> {
     Ok(())
 }
 
+/// Logs go to stderr, in colour only when it is a terminal: a file or a
+/// log collector gets no ANSI escape codes.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -1,8 +1,47 @@
-//! The CLI's output.
+//! The CLI's output when it goes to files and pipes.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use crate::harness::*;
+
+/// Logs written to a pipe (a file, a log collector) carry no ANSI colour
+/// codes: colour only when stderr is a terminal.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    // `run` logs "policy loaded" at once; the broker address is a closed
+    // port, and the child is killed as soon as that line has been read.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .args(["run", "--bootstrap", "127.0.0.1:1"])
+        .env("RUST_LOG", "info")
+        .env("CLEARANCE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the clearance binary");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut seen = String::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("stderr is text");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("policy loaded") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("policy loaded"),
+        "the engine logged its policy: {seen:?}"
+    );
+    assert!(
+        !seen.contains("\x1b["),
+        "no ANSI escape codes in logs written to a pipe: {seen:?}"
+    );
+}
 
 fn policy_diff(old: &std::path::Path, new: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
