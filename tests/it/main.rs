@@ -6,6 +6,7 @@ mod cli;
 mod domain;
 mod faults;
 mod harness;
+mod memory;
 mod pipeline;
 mod policy;
 mod process;
