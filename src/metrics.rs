@@ -63,6 +63,13 @@ pub const SNAPSHOT_WRITES_TOTAL: &str = "clearance_snapshot_writes_total";
 pub const SNAPSHOT_LOADS_TOTAL: &str = "clearance_snapshot_loads_total";
 /// Gauge: seconds the last eligibility snapshot write took.
 pub const SNAPSHOT_WRITE_SECONDS: &str = "clearance_snapshot_write_seconds";
+/// Gauge: 1 while a long-running task runs, by `task` (`change_feed`,
+/// `policy_watcher`); 0 once it has stopped.
+pub const TASK_UP: &str = "clearance_task_up";
+/// Counter: long-running tasks that died (returned an error, panicked, or
+/// returned while the engine was not shutting down), by `task`
+/// (`change_feed`, `policy_watcher`). Each stops the engine.
+pub const TASK_FAILURES_TOTAL: &str = "clearance_task_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -189,6 +196,14 @@ fn describe() {
     describe_counter!(
         SNAPSHOT_LOADS_TOTAL,
         "Eligibility snapshots at startup, by outcome."
+    );
+    describe_gauge!(
+        TASK_UP,
+        "1 while the task (change_feed, policy_watcher) runs."
+    );
+    describe_counter!(
+        TASK_FAILURES_TOTAL,
+        "Tasks that died while the engine was not shutting down; each stops the engine."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

@@ -7,6 +7,7 @@ mod domain;
 mod faults;
 mod harness;
 mod memory;
+mod ops;
 mod pipeline;
 mod policy;
 mod process;
