@@ -17,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 pub trait StatusSource: Send + Sync + 'static {
     /// Whether the engine is ready to decide.
     fn ready(&self) -> bool;
+    /// Whether the engine is alive: false once one of its tasks has died
+    /// (it is stopping). `/healthz` answers 503 then.
+    fn healthy(&self) -> bool {
+        true
+    }
     /// The `/status` document.
     fn status(&self) -> serde_json::Value;
 }
@@ -90,9 +95,25 @@ async fn handle(
     let path = target.split('?').next().unwrap_or("");
     let (code, ctype, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/healthz") => {
+            if status.healthy() {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "unhealthy: a task failed, the engine is stopping\n".to_string(),
+                )
+            }
+        }
         ("GET", "/readyz") => {
-            if status.ready() {
+            if !status.healthy() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: a task failed, the engine is stopping\n".to_string(),
+                )
+            } else if status.ready() {
                 ("200 OK", "text/plain", "ready\n".to_string())
             } else {
                 (
@@ -150,10 +171,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    struct Fake(AtomicBool);
+    struct Fake(AtomicBool, AtomicBool);
     impl StatusSource for Fake {
         fn ready(&self) -> bool {
             self.0.load(Ordering::SeqCst)
+        }
+        fn healthy(&self) -> bool {
+            !self.1.load(Ordering::SeqCst)
         }
         fn status(&self) -> serde_json::Value {
             serde_json::json!({"ready": self.ready()})
@@ -164,7 +188,7 @@ mod tests {
     async fn endpoints() {
         let l = bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let fake = Arc::new(Fake(AtomicBool::new(false)));
+        let fake = Arc::new(Fake(AtomicBool::new(false), AtomicBool::new(false)));
         let stop = CancellationToken::new();
         let h = crate::metrics::install();
         tokio::spawn(serve(l, h, fake.clone(), stop.clone()));
@@ -177,6 +201,10 @@ mod tests {
         assert!(body.contains("\"ready\": true"), "{body}");
         assert_eq!(get(addr, "/nope").await.unwrap().0, 404);
         assert_eq!(get(addr, "/metrics").await.unwrap().0, 200);
+        // A dead task: unhealthy and unready, whatever else says ready.
+        fake.1.store(true, Ordering::SeqCst);
+        assert_eq!(get(addr, "/healthz").await.unwrap().0, 503);
+        assert_eq!(get(addr, "/readyz").await.unwrap().0, 503);
         stop.cancel();
     }
 }

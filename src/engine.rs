@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,13 +71,39 @@ pub struct EngineState {
     /// What the startup snapshot gave: loaded (records, positions), rejected
     /// (reason), or none.
     pub snapshot: serde_json::Value,
+    /// The first fatal failure of a task (the change feed or the policy
+    /// watcher died): the engine is unhealthy and stopping.
+    failure: Mutex<Option<String>>,
 }
 
 impl EngineState {
     /// Ready to decide: the eligibility feed and the policy topic have both
-    /// caught up with their startup ends.
+    /// caught up with their startup ends, and no task has failed.
     pub fn is_ready(&self) -> bool {
-        self.feed.is_ready() && self.rollout.is_ready()
+        self.is_healthy() && self.feed.is_ready() && self.rollout.is_ready()
+    }
+
+    /// Healthy: neither the change feed nor the policy watcher has died.
+    pub fn is_healthy(&self) -> bool {
+        self.failure().is_none()
+    }
+
+    /// Why the engine is unhealthy: the first task failure.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Record that `task` died (the first failure is kept): unhealthy and
+    /// unready from now on, with a log line and a metric.
+    fn fail(&self, task: Task, error: &EngineError) {
+        tracing::error!(task = task.label(), %error, "task failed; the engine stops");
+        metrics::counter!(m::TASK_FAILURES_TOTAL, "task" => task.label()).increment(1);
+        metrics::gauge!(m::READY).set(0.0);
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert_with(|| format!("{}: {error}", task.label()));
     }
 }
 
@@ -85,11 +112,16 @@ impl StatusSource for EngineState {
         self.is_ready()
     }
 
+    fn healthy(&self) -> bool {
+        self.is_healthy()
+    }
+
     fn status(&self) -> serde_json::Value {
         let p = self.policy.current();
         serde_json::json!({
             "instance_id": self.instance_id,
             "ready": self.is_ready(),
+            "failure": self.failure(),
             "policy": {
                 "id": p.id,
                 "version": p.version,
@@ -117,6 +149,78 @@ pub struct EngineHandle {
     /// Completes when the engine has stopped (after `shutdown`, or on a
     /// fatal error).
     pub join: JoinHandle<Result<(), EngineError>>,
+    /// Fault injection, for the tests of supervision only.
+    #[doc(hidden)]
+    pub faults: FaultInjection,
+}
+
+/// Fault injection into a running engine, for the tests of its supervision
+/// only: nothing in the engine or the CLI calls it. Once running, the
+/// policy watcher offers no failure a test can provoke from outside (its
+/// consumer errors are only logged), so this makes it return, or its
+/// thread panic, as a bug would.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct FaultInjection {
+    policy_watcher_stop: CancellationToken,
+    policy_watcher_panic: Arc<AtomicBool>,
+}
+
+impl FaultInjection {
+    /// The policy watcher returns `Ok(())` while the engine is not shutting
+    /// down.
+    #[doc(hidden)]
+    pub fn stop_policy_watcher(&self) {
+        self.policy_watcher_stop.cancel();
+    }
+
+    /// The policy watcher's thread panics.
+    #[doc(hidden)]
+    pub fn panic_policy_watcher(&self) {
+        self.policy_watcher_panic.store(true, Ordering::SeqCst);
+        self.policy_watcher_stop.cancel();
+    }
+}
+
+/// The long-running tasks beside the request workers; the `task` label of
+/// [`m::TASK_UP`] and [`m::TASK_FAILURES_TOTAL`].
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    ChangeFeed,
+    PolicyWatcher,
+}
+
+impl Task {
+    fn label(self) -> &'static str {
+        match self {
+            Task::ChangeFeed => "change_feed",
+            Task::PolicyWatcher => "policy_watcher",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Task::ChangeFeed => "change feed",
+            Task::PolicyWatcher => "policy watcher",
+        }
+    }
+}
+
+/// `clearance_task_up{task}` is 1 while this lives: from the start of the
+/// task's thread until it returns or unwinds.
+struct TaskUp(Task);
+
+impl TaskUp {
+    fn new(task: Task) -> Self {
+        metrics::gauge!(m::TASK_UP, "task" => task.label()).set(1.0);
+        TaskUp(task)
+    }
+}
+
+impl Drop for TaskUp {
+    fn drop(&mut self) {
+        metrics::gauge!(m::TASK_UP, "task" => self.0.label()).set(0.0);
+    }
 }
 
 /// Load the configured policy, or the shipped example.
@@ -278,6 +382,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         assigned: Arc::default(),
         rollout: Arc::new(RolloutState::default()),
         snapshot,
+        failure: Mutex::new(None),
     });
 
     let listener = admin::bind(&cfg.admin.listen).await?;
@@ -307,17 +412,32 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
             deadletters.clone(),
             feed_stop.clone(),
         );
-        tokio::task::spawn_blocking(move || feed::run(&cfg, store, fs, dl, start_positions, stop))
+        tokio::task::spawn_blocking(move || {
+            let _up = TaskUp::new(Task::ChangeFeed);
+            feed::run(&cfg, store, fs, dl, start_positions, stop)
+        })
     };
 
+    let faults = FaultInjection {
+        policy_watcher_stop: feed_stop.child_token(),
+        policy_watcher_panic: Arc::default(),
+    };
     let policy_task = {
-        let (cfg, active, st, stop) = (
+        let (cfg, active, st, stop, panic) = (
             cfg.clone(),
             Arc::clone(&state.policy),
             Arc::clone(&state.rollout),
-            feed_stop.clone(),
+            faults.policy_watcher_stop.clone(),
+            Arc::clone(&faults.policy_watcher_panic),
         );
-        tokio::task::spawn_blocking(move || rollout::run(&cfg, active, st, stop))
+        tokio::task::spawn_blocking(move || {
+            let _up = TaskUp::new(Task::PolicyWatcher);
+            let r = rollout::run(&cfg, active, st, stop);
+            if panic.load(Ordering::SeqCst) {
+                panic!("policy watcher: injected fault");
+            }
+            r
+        })
     };
 
     let shared = Arc::new(Shared {
@@ -354,9 +474,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         admin_addr,
         state,
         join,
+        faults,
     })
 }
 
+/// Start the workers once the feed and the policy topic have caught up,
+/// and watch everything until the end. The change feed and the policy
+/// watcher run as long as the engine: when either returns while the engine
+/// is not shutting down, returns an error or panics, the engine is unhealthy
+/// and unready at once ([`EngineState::fail`]), and stops (the workers drain
+/// and commit): a restart reads the topics again.
 async fn supervise(
     shared: Arc<Shared>,
     state: Arc<EngineState>,
@@ -380,16 +507,12 @@ async fn supervise(
                 r = &mut feed_task => {
                     feed_stop.cancel();
                     let _ = policy_task.await;
-                    return Err(feed_exit(r));
+                    return task_exit(&state, &shutdown, Task::ChangeFeed, r).map_or(Ok(()), Err);
                 }
                 r = &mut policy_task => {
                     feed_stop.cancel();
                     let _ = feed_task.await;
-                    return Err(match r {
-                        Ok(Ok(())) => EngineError::Task("policy watcher stopped".into()),
-                        Ok(Err(e)) => EngineError::Rollout(e),
-                        Err(e) => EngineError::Task(e.to_string()),
-                    });
+                    return task_exit(&state, &shutdown, Task::PolicyWatcher, r).map_or(Ok(()), Err);
                 }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
             }
@@ -414,36 +537,58 @@ async fn supervise(
     }
     let all_workers = futures_join_all(workers);
     tokio::pin!(all_workers);
-    let result = tokio::select! {
-        r = &mut all_workers => r,
-        r = &mut feed_task => {
-            if shutdown.is_cancelled() && matches!(r, Ok(Ok(()))) {
-                // A normal shutdown: the feed stopped with the root token.
-                let result = all_workers.await;
-                let _ = policy_task.await;
-                return result;
+    let (mut feed_done, mut policy_done) = (false, false);
+    let result = loop {
+        let died = tokio::select! {
+            r = &mut all_workers => break r,
+            r = &mut feed_task, if !feed_done => {
+                feed_done = true;
+                task_exit(&state, &shutdown, Task::ChangeFeed, r)
             }
-            // The feed died: stop the workers (they drain and commit).
+            r = &mut policy_task, if !policy_done => {
+                policy_done = true;
+                task_exit(&state, &shutdown, Task::PolicyWatcher, r)
+            }
+        };
+        // A normal shutdown stops the feed and the watcher with the root
+        // token: wait for the workers. A dead task stops the workers (they
+        // drain and commit).
+        if let Some(e) = died {
             shutdown.cancel();
-            let _ = all_workers.await;
-            return Err(feed_exit(r));
+            let _ = (&mut all_workers).await;
+            break Err(e);
         }
     };
     feed_stop.cancel();
-    let _ = feed_task.await;
-    let _ = policy_task.await;
+    if !feed_done {
+        let _ = feed_task.await;
+    }
+    if !policy_done {
+        let _ = policy_task.await;
+    }
     if result.is_err() {
         shutdown.cancel();
     }
     result
 }
 
-fn feed_exit(r: Result<Result<(), feed::FeedError>, tokio::task::JoinError>) -> EngineError {
-    match r {
-        Ok(Ok(())) => EngineError::Task("change feed stopped unexpectedly".into()),
-        Ok(Err(e)) => EngineError::Feed(e),
-        Err(e) => EngineError::Task(e.to_string()),
-    }
+/// What the end of the change feed or the policy watcher means: `None` for
+/// a normal stop (it returned `Ok` while the engine shuts down); otherwise
+/// the error, recorded as the engine's failure.
+fn task_exit<E: Into<EngineError>>(
+    state: &EngineState,
+    shutdown: &CancellationToken,
+    task: Task,
+    r: Result<Result<(), E>, tokio::task::JoinError>,
+) -> Option<EngineError> {
+    let e = match r {
+        Ok(Ok(())) if shutdown.is_cancelled() => return None,
+        Ok(Ok(())) => EngineError::Task(format!("{} stopped unexpectedly", task.name())),
+        Ok(Err(e)) => e.into(),
+        Err(e) => EngineError::Task(format!("{}: {e}", task.name())),
+    };
+    state.fail(task, &e);
+    Some(e)
 }
 
 /// Wait for every worker; the first error wins (the others are still

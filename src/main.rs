@@ -235,7 +235,7 @@ async fn policy_command(cmd: PolicyCommand) -> Result<()> {
             }
         }
         PolicyCommand::Diff { old, new } => {
-            print!("{}", policy::diff_files(&old, &new)?);
+            println!("{}", policy::diff_files(&old, &new)?);
         }
         PolicyCommand::Keygen { out } => {
             use std::io::Write as _;
@@ -321,11 +321,15 @@ fn read_signer(path: &std::path::Path) -> Result<clearance::policy::signing::Pol
         .with_context(|| format!("signing key {}", path.display()))
 }
 
+/// Logs go to stderr, in colour only when it is a terminal: a file or a
+/// log collector gets no ANSI escape codes.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

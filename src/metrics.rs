@@ -2,7 +2,9 @@
 //! `_total` for counters. Labels are bounded (outcome, reason, model,
 //! partition, kind, error); never a user id.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -73,11 +75,26 @@ pub const SNAPSHOT_WRITES_TOTAL: &str = "clearance_snapshot_writes_total";
 pub const SNAPSHOT_LOADS_TOTAL: &str = "clearance_snapshot_loads_total";
 /// Gauge: seconds the last eligibility snapshot write took.
 pub const SNAPSHOT_WRITE_SECONDS: &str = "clearance_snapshot_write_seconds";
+/// Gauge: 1 while a long-running task runs, by `task` (`change_feed`,
+/// `policy_watcher`); 0 once it has stopped.
+pub const TASK_UP: &str = "clearance_task_up";
+/// Counter: long-running tasks that died (returned an error, panicked, or
+/// returned while the engine was not shutting down), by `task`
+/// (`change_feed`, `policy_watcher`). Each stops the engine.
+pub const TASK_FAILURES_TOTAL: &str = "clearance_task_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Install the Prometheus recorder (once per process) and describe every
-/// metric. Later calls return the same handle.
+/// How often the recorder's upkeep runs. The recorder keeps every
+/// histogram sample (some 24 bytes each; two per decision) until upkeep or
+/// a scrape folds them into the buckets, so this bounds that memory to
+/// about a second of samples, scraped or not.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+static UPKEEPS: AtomicU64 = AtomicU64::new(0);
+
+/// Install the Prometheus recorder (once per process), start its upkeep
+/// thread and describe every metric. Later calls return the same handle.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -87,16 +104,43 @@ pub fn install() -> PrometheusHandle {
                     0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
                 .expect("static bucket list is non-empty");
+            // `install_recorder` (unlike `install`) leaves upkeep to us.
             let handle = match builder.install_recorder() {
-                Ok(h) => h,
+                Ok(h) => {
+                    start_upkeep(h.clone());
+                    h
+                }
                 // Another recorder is installed (e.g. by an embedding
                 // program): keep a private one so /metrics still renders.
+                // Nothing records into it, so it needs no upkeep.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             };
             describe();
             handle
         })
         .clone()
+}
+
+/// Fold the histogram samples into their buckets every [`UPKEEP_INTERVAL`],
+/// for the life of the process (the recorder lives as long).
+fn start_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("clearance-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+            UPKEEPS.fetch_add(1, Ordering::Release);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the metrics upkeep thread; histogram samples are kept until /metrics is scraped");
+    }
+}
+
+/// How many times the upkeep has run in this process: for tests that wait
+/// for one.
+#[doc(hidden)]
+pub fn upkeep_runs() -> u64 {
+    UPKEEPS.load(Ordering::Acquire)
 }
 
 fn describe() {
@@ -176,6 +220,14 @@ fn describe() {
     describe_counter!(
         SNAPSHOT_LOADS_TOTAL,
         "Eligibility snapshots at startup, by outcome."
+    );
+    describe_gauge!(
+        TASK_UP,
+        "1 while the task (change_feed, policy_watcher) runs."
+    );
+    describe_counter!(
+        TASK_FAILURES_TOTAL,
+        "Tasks that died while the engine was not shutting down; each stops the engine."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

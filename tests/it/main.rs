@@ -2,11 +2,14 @@
 //! broker (started once per run by `scripts/kafka`, or the one named by
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
+mod cli;
 mod domain;
 mod explain;
 mod faults;
 mod harness;
 mod invariants;
+mod memory;
+mod ops;
 mod pipeline;
 mod policy;
 mod process;
