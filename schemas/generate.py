@@ -134,7 +134,14 @@ DEFS["AccessRequest"] = obj(
     "`access.requests`. The record key is the subject id (so one subject's "
     "requests stay in order); the value is this document as JSON.",
     {
-        "request_id": desc("Unique id of the request, chosen by the frontend.", NON_EMPTY),
+        "request_id": desc(
+            "Unique id of the request, chosen by the frontend. The engine decides every "
+            "record and does not deduplicate: a request_id produced twice gets two "
+            "decisions, one per record, which may differ (each is decided with the data "
+            "and policy of its own moment). Retry with the same request_id and "
+            "event_time, and take the latest decision for the id.",
+            NON_EMPTY,
+        ),
         "event_time": desc(
             "When the frontend received the request (RFC 3339). The policy is "
             'evaluated "as of" this instant, which keeps decisions replayable. '
