@@ -76,6 +76,9 @@ pub struct TopicsConfig {
     pub deadletter: String,
     /// Published policies (compacted, one partition).
     pub policy: String,
+    /// Shadow differences: where a shadow policy's verdict differs from the
+    /// active one's (`policy.shadow_file`).
+    pub shadow: String,
     /// Partitions of each topic when created.
     pub partitions: i32,
     /// Replication factor when created.
@@ -92,6 +95,7 @@ impl Default for TopicsConfig {
             decisions: "access.decisions".into(),
             deadletter: "access.deadletter".into(),
             policy: "clearance.policy".into(),
+            shadow: "access.shadow".into(),
             partitions: 6,
             replication_factor: 1,
             create_missing: true,
@@ -214,6 +218,10 @@ pub struct PolicyConfig {
     /// environment: a comma-separated list.
     #[serde(deserialize_with = "list_or_csv")]
     pub trusted_keys: Vec<String>,
+    /// A candidate policy evaluated beside the active one on live traffic
+    /// (shadow mode). Decisions use only the active policy; each difference
+    /// goes to `topics.shadow` and `clearance_shadow_differences_total`.
+    pub shadow_file: Option<PathBuf>,
 }
 
 /// A list, or a comma-separated string (how an environment variable gives
@@ -457,6 +465,7 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
         ("topics.decisions", &cfg.topics.decisions),
         ("topics.deadletter", &cfg.topics.deadletter),
         ("topics.policy", &cfg.topics.policy),
+        ("topics.shadow", &cfg.topics.shadow),
     ] {
         if topic.is_empty()
             || topic.len() > 249

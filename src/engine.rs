@@ -68,6 +68,8 @@ pub struct EngineState {
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
     /// Policy rollout state.
     pub rollout: Arc<RolloutState>,
+    /// Shadow mode's candidate policy, if configured.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
     /// What the startup snapshot gave: loaded (records, positions), rejected
     /// (reason), or none.
     pub snapshot: serde_json::Value,
@@ -127,6 +129,7 @@ impl StatusSource for EngineState {
                 "version": p.version,
                 "data_version": p.data_version,
                 "rollout": self.rollout.info(),
+                "shadow": self.shadow.as_ref().map(|s| s.info()),
             },
             "eligibility": {
                 "users": self.store.user_count(),
@@ -324,6 +327,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
     let prometheus = m::install();
     let policy = load_policy(&cfg)?;
     tracing::info!(policy_id = %policy.id, policy_version = %policy.version, "policy loaded");
+    let shadow = crate::shadow::Shadow::from_config(&cfg)?;
+    if let Some(s) = &shadow {
+        tracing::info!(policy_id = %s.policy().id, policy_version = %s.policy().version, "shadow policy loaded: evaluated beside the active one, differences to {}", cfg.topics.shadow);
+    }
     metrics::gauge!(m::POLICY_INFO, "policy_id" => policy.id.clone(), "policy_version" => policy.version.clone()).set(1.0);
     metrics::gauge!(m::READY).set(0.0);
 
@@ -381,6 +388,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         policy: Arc::new(ActivePolicy::new(policy)),
         assigned: Arc::default(),
         rollout: Arc::new(RolloutState::default()),
+        shadow: shadow.map(Arc::new),
         snapshot,
         failure: Mutex::new(None),
     });
@@ -449,6 +457,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         instance_id: state.instance_id.clone(),
         assigned: Arc::clone(&state.assigned),
         feed: Arc::clone(&feed_state),
+        shadow: state.shadow.clone(),
     });
     let st = Arc::clone(&state);
     let join = tokio::spawn(async move {

@@ -505,6 +505,50 @@ pub struct Decision {
 }
 
 // ---------------------------------------------------------------------------
+// Shadow difference
+// ---------------------------------------------------------------------------
+
+/// One side of a shadow difference: what a policy decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSide {
+    /// Allow or deny.
+    pub outcome: Outcome,
+    /// Reason codes, most important first.
+    pub reasons: Vec<String>,
+    /// Rule ids and citations.
+    pub rule_ids: Vec<String>,
+    /// Policy id.
+    pub policy_id: String,
+    /// Policy version.
+    pub policy_version: String,
+    /// SHA-256 of the policy text.
+    pub policy_digest: String,
+}
+
+/// A request on which a shadow (candidate) policy decided otherwise than the
+/// active one, published on `access.shadow` keyed by `request_id`. The
+/// decision itself (on `access.decisions`) used the active policy only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowDifference {
+    /// The request.
+    pub request_id: String,
+    /// The subject.
+    pub subject_id: String,
+    /// The model requested.
+    pub model: String,
+    /// What the active policy decided (the decision published).
+    pub active: ShadowSide,
+    /// What the shadow policy would have decided.
+    pub shadow: ShadowSide,
+    /// When the engine decided (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub decided_at: OffsetDateTime,
+    /// Where the request was read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceCoordinates>,
+}
+
+// ---------------------------------------------------------------------------
 // Dead letter
 // ---------------------------------------------------------------------------
 

@@ -175,6 +175,7 @@ pub fn topic_specs(t: &TopicsConfig) -> Vec<TopicSpec> {
                 ("min.compaction.lag.ms", "0"),
             ],
         ),
+        (t.shadow.clone(), t.partitions.min(3), vec![]),
     ]
 }
 

@@ -30,6 +30,8 @@
 //!   `decide` code (`decide_traced`).
 //! - `shape` (private): objects and tables are read only from maps, never
 //!   from serde's positional form.
+//! - [`shadow`]: a candidate policy evaluated beside the active one on live
+//!   traffic; differences go to `access.shadow`.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
 #![warn(missing_docs)]
@@ -48,5 +50,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod rollout;
+pub mod shadow;
 mod shape;
 pub mod vocab;

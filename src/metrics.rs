@@ -62,6 +62,9 @@ pub const POLICY_REJECTED_TOTAL: &str = "clearance_policy_rejected_total";
 /// (`unsigned`, `untrusted_key`, `bad_signature`, `malformed`); also
 /// counted in `clearance_policy_rejected_total`.
 pub const POLICY_SIGNATURE_REJECTED_TOTAL: &str = "clearance_policy_signature_rejected_total";
+/// Counter: requests on which the shadow policy decided otherwise than the
+/// active one, by `from` (active outcome), `to` (shadow outcome), `model`.
+pub const SHADOW_DIFFERENCES_TOTAL: &str = "clearance_shadow_differences_total";
 /// Counter: published policies scheduled for a future `effective_from`.
 pub const POLICY_SCHEDULED_TOTAL: &str = "clearance_policy_scheduled_total";
 /// Counter: published policies superseded, never activated: read (or due)
@@ -200,6 +203,10 @@ fn describe() {
     describe_counter!(
         POLICY_REJECTED_TOTAL,
         "Published policies rejected as invalid."
+    );
+    describe_counter!(
+        SHADOW_DIFFERENCES_TOTAL,
+        "Requests on which the shadow policy decided otherwise, by from, to, model."
     );
     describe_counter!(
         POLICY_SIGNATURE_REJECTED_TOTAL,

@@ -442,6 +442,8 @@ pub struct Shared {
     pub feed: Arc<crate::eligibility::feed::FeedState>,
     /// Request partitions currently assigned to this process's workers.
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
+    /// Shadow mode's candidate policy, if configured.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 /// Errors that stop a worker.
@@ -892,15 +894,23 @@ fn process(
         .and_then(|()| decode_request(payload));
     match decoded {
         Ok(req) => {
-            let decision = decide_request(
+            let stale = shared.feed.is_stale();
+            let decision = decide_request_as(
                 &shared.policy,
                 &shared.store,
-                &shared.feed,
+                stale,
                 &shared.instance_id,
                 req,
                 source,
             );
+            let shadow = shared
+                .shadow
+                .as_ref()
+                .and_then(|s| s.compare(&decision, &*shared.store, stale));
             out.begin(partition, offset, 1);
+            if let Some(diff) = shadow {
+                publish_shadow(shared, out, &diff, shutdown)?;
+            }
             let r = publish_decision(shared, out, &decision, partition, offset, shutdown);
             metrics::histogram!(m::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
             r
@@ -946,6 +956,19 @@ pub fn decide_request(
     req: AccessRequest,
     source: SourceCoordinates,
 ) -> Decision {
+    decide_request_as(policy, store, feed.is_stale(), instance_id, req, source)
+}
+
+/// [`decide_request`] with the staleness flag read by the caller (so that
+/// a shadow policy is decided with the same one).
+fn decide_request_as(
+    policy: &ActivePolicy,
+    store: &Store,
+    data_stale: bool,
+    instance_id: &str,
+    req: AccessRequest,
+    source: SourceCoordinates,
+) -> Decision {
     let policy = policy.current();
     let subject = store.user(&req.subject_id);
     let org_id = req
@@ -956,7 +979,7 @@ pub fn decide_request(
     let elig = Eligibility {
         subject: subject.as_deref(),
         organization: org.as_deref(),
-        data_stale: feed.is_stale(),
+        data_stale,
         owners: store,
     };
     let verdict = decide(&policy, &elig, &req);
@@ -1021,6 +1044,29 @@ pub fn malformed_decision(
         source: Some(source),
         engine_instance: instance.to_string(),
     }
+}
+
+/// Publish a shadow difference. Not tracked for the offset: the shadow
+/// stream is a diagnosis beside the decisions, and a failure to deliver it
+/// is logged and counted (`clearance_delivery_failures_total`) but neither
+/// holds the offset back nor stops the engine (in exactly-once mode it is
+/// part of the transaction like everything the worker produces).
+fn publish_shadow(
+    shared: &Shared,
+    out: &Output<'_>,
+    diff: &crate::event::ShadowDifference,
+    shutdown: &CancellationToken,
+) -> Result<(), SendError> {
+    let body = serde_json::to_vec(diff).map_err(|e| SendError::Encode(e.to_string()))?;
+    let ack = Box::new(Ack {
+        tracker: None,
+        partition: -1,
+        offset: -1,
+    });
+    let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.shadow, ack)
+        .key(diff.request_id.as_bytes())
+        .payload(body.as_slice());
+    send_with_backpressure(out.producer, rec, shutdown)
 }
 
 fn publish_decision(

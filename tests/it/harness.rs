@@ -78,6 +78,7 @@ pub fn test_config(name: &str) -> Config {
     cfg.topics.decisions = format!("{id}.decisions");
     cfg.topics.deadletter = format!("{id}.deadletter");
     cfg.topics.policy = format!("{id}.policy");
+    cfg.topics.shadow = format!("{id}.shadow");
     cfg.topics.partitions = 3;
     cfg.admin.listen = "127.0.0.1:0".into();
     cfg.engine.commit_interval_ms = 200;

@@ -14,6 +14,7 @@ mod pipeline;
 mod policy;
 mod process;
 mod schemas;
+mod shadow;
 mod signing;
 mod tombstones;
 mod tools;
