@@ -2,6 +2,8 @@
 //! broker (started once per run by `scripts/kafka`, or the one named by
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
+mod dashboard;
+mod deploy;
 mod domain;
 mod explain;
 mod faults;
