@@ -21,7 +21,8 @@
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`,
 //!   `/status`).
 //! - [`metrics`]: every metric name, in one place.
-//! - [`config`]: the typed, layered configuration.
+//! - [`config`]: the typed, layered configuration; [`config_docs`]: its
+//!   operator reference (`docs/configuration.md`), generated from the types.
 //! - [`rollout`]: policy publishing, and the watcher that swaps a newly
 //!   published policy in (or schedules, supersedes, or rejects it), by the
 //!   pure [`rollout::Timeline`].
@@ -38,6 +39,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod config_docs;
 pub mod decide;
 pub mod demo;
 pub mod eligibility;

@@ -140,6 +140,30 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Exit 0 when URL answers 200, 1 otherwise: the container's
+    /// HEALTHCHECK (the runtime image has no curl).
+    Healthcheck {
+        /// An http:// URL, with its port.
+        #[arg(long, default_value = "http://127.0.0.1:9464/readyz")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into --dir.
+    Man {
+        /// Write clearance.1 and a page per subcommand (clearance-run.1, ...) here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the configuration reference (docs/configuration.md, Markdown):
+    /// every key, its default, environment variable and an example.
+    ConfigDocs,
 }
 
 fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
@@ -551,8 +575,60 @@ async fn cli_main() -> Result<ExitCode> {
             .await
             .map_err(tool_error);
         }
+        Command::Healthcheck { url, timeout_secs } => {
+            healthcheck(&url, Duration::from_secs(timeout_secs)).await?;
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "clearance", &mut std::io::stdout());
+        }
+        Command::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match dir {
+                Some(dir) => clap_mangen::generate_to(cmd, &dir)
+                    .with_context(|| format!("writing man pages to {}", dir.display()))?,
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+        }
+        Command::ConfigDocs => match clearance::config_docs::render() {
+            Ok(text) => print!("{text}"),
+            Err(problems) => bail!(
+                "the configuration is not fully documented:\n  {}",
+                problems.join("\n  ")
+            ),
+        },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// GET `url` (http://HOST:PORT/PATH): Ok on 200, an error naming the URL
+/// and what went wrong otherwise.
+async fn healthcheck(url: &str, timeout: Duration) -> Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    let check = async {
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .with_context(|| format!("cannot resolve {authority:?} (give HOST:PORT)"))?
+            .next()
+            .with_context(|| format!("{authority:?} has no address"))?;
+        clearance::admin::get(addr, path)
+            .await
+            .with_context(|| format!("cannot reach {url}"))
+    };
+    let (code, body) = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout:?}"))??;
+    if code != 200 {
+        bail!(
+            "{url} answered {code}: {}",
+            body.lines().next().unwrap_or("").trim()
+        );
+    }
+    println!("{url}: {code}");
+    Ok(())
 }
 
 async fn explain_command(
@@ -616,4 +692,80 @@ async fn explain_command(
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every visible subcommand, nested ones as `policy check`.
+    fn subcommands(cmd: &clap::Command, prefix: &str, out: &mut Vec<(String, String)>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let path = format!("{prefix}{}", sub.get_name());
+            out.push((path.clone(), sub.get_name().to_string()));
+            subcommands(sub, &format!("{path} "), out);
+        }
+    }
+
+    fn all_subcommands() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        subcommands(&Cli::command(), "", &mut out);
+        assert!(out.len() >= 15, "{out:?}");
+        out
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_name_every_subcommand() {
+        use clap_complete::Shell;
+        let subs = all_subcommands();
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "clearance", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.len() > 1000, "{shell}: {} bytes", text.len());
+            for (path, name) in &subs {
+                assert!(
+                    text.contains(name.as_str()),
+                    "{shell} completions lack `{path}`"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn man_pages_name_every_subcommand() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .unwrap();
+        let page = String::from_utf8(out).unwrap().replace("\\-", "-");
+        assert!(page.contains(".TH clearance 1"), "{page}");
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
+            assert!(
+                page.contains(sub.get_name()),
+                "clearance.1 lacks `{}`",
+                sub.get_name()
+            );
+        }
+        // --dir: a page per command, nested ones too.
+        let dir = std::env::temp_dir().join(format!("clearance-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        clap_mangen::generate_to(Cli::command(), &dir).unwrap();
+        for (path, _) in all_subcommands() {
+            let file = dir.join(format!("clearance-{}.1", path.replace(' ', "-")));
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(!text.is_empty(), "{}", file.display());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

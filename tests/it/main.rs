@@ -3,6 +3,8 @@
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
 mod cli;
+mod dashboard;
+mod deploy;
 mod domain;
 mod explain;
 mod faults;
