@@ -111,6 +111,10 @@ pub fn redacted(c: &ClientConfig) -> String {
     pairs.join(" ")
 }
 
+/// How long a topic the brokers say does not exist is asked for again
+/// before that is taken as final (metadata propagation after creation).
+pub const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(10);
+
 /// The partitions of `topic`, retried while the brokers are unreachable.
 /// `Ok(None)` when `shutdown` is cancelled meanwhile; an error when the
 /// topic does not exist.
@@ -120,6 +124,9 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<Vec<i32>>, KafkaBoundaryError> {
     use rdkafka::consumer::Consumer;
+    // A topic created a moment ago may not be in every broker's metadata
+    // yet: "unknown topic" is retried for a while before it is final.
+    let unknown_until = std::time::Instant::now() + UNKNOWN_TOPIC_GRACE;
     loop {
         match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             Ok(md) => {
@@ -129,6 +136,13 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
                     .filter(|t| t.name() == topic && t.error().is_none())
                     .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                     .collect();
+                if parts.is_empty() && std::time::Instant::now() < unknown_until {
+                    if shutdown.is_cancelled() {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
                 if parts.is_empty() {
                     return Err(KafkaBoundaryError::Topic {
                         topic: topic.to_string(),
