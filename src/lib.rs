@@ -26,6 +26,10 @@
 //! - [`engine`]: wires it all together: `engine::run(config, shutdown)`.
 //! - `shape` (private): objects and tables are read only from maps, never
 //!   from serde's positional form.
+//! - [`replay`]: `clearance replay`: decides a window of the decision log
+//!   again from its recorded inputs, with the recorded policy versions
+//!   (fidelity) or a candidate policy (what-if), and reports every
+//!   difference.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
 #![warn(missing_docs)]
@@ -42,5 +46,6 @@ pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod replay;
 pub mod rollout;
 mod shape;
