@@ -141,6 +141,10 @@ struct ReplayArgs {
     /// Only read the window, decoding nothing (measures the read rate).
     #[arg(long, conflicts_with = "policy")]
     no_work: bool,
+    /// Also write every record of the window here, as read (JSONL: a copy
+    /// that `--input` replays later).
+    #[arg(long, conflicts_with = "input")]
+    export: Option<PathBuf>,
     /// Deciding threads (default: the number of CPUs).
     #[arg(long)]
     jobs: Option<usize>,
@@ -255,9 +259,35 @@ fn run_replay(a: ReplayArgs) -> Result<bool> {
                 replay::read_jsonl(input, sink).context("reading the input")
             })?
         }
-        None => replay::replay_source(mode, jobs, &mut progress, |sink| {
-            replay::read_ranges(&cfg, &ranges, Duration::from_secs(30), sink)
-        })?,
+        None => {
+            let mut export = match &a.export {
+                Some(path) => Some(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => None,
+            };
+            let mut failed = None;
+            let report = replay::replay_source(mode, jobs, &mut progress, |sink| {
+                replay::read_ranges(&cfg, &ranges, Duration::from_secs(30), |origin, bytes| {
+                    if let Some(w) = export.as_mut() {
+                        if let Err(e) = std::io::Write::write_all(w, bytes)
+                            .and_then(|()| std::io::Write::write_all(w, b"\n"))
+                        {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                    sink(origin, bytes)
+                })
+            })?;
+            if let Some(e) = failed {
+                bail!("writing the export: {e}");
+            }
+            if let Some(mut w) = export {
+                std::io::Write::flush(&mut w).context("writing the export")?;
+            }
+            report
+        }
     };
     if let Some(b) = &bar {
         b.finish_and_clear();

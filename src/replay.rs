@@ -49,7 +49,7 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::decide::{self, reason, Eligibility, Verdict};
 use crate::event::{Decision, Outcome};
-use crate::kafka::base_config;
+use crate::kafka::{base_config, EofAwareContext};
 use crate::policy::{CompiledPolicy, HistoryMiss, PolicyHistory};
 
 /// Errors of a replay (anything but a difference or a bad record).
@@ -173,7 +173,9 @@ pub fn parse_time(s: &str) -> Result<OffsetDateTime, ReplayError> {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn consumer(cfg: &Config) -> Result<BaseConsumer, ReplayError> {
+type Reader = BaseConsumer<EofAwareContext>;
+
+fn consumer(cfg: &Config) -> Result<Reader, ReplayError> {
     base_config(&cfg.kafka, "replay")
         .set("group.id", format!("{}-replay-unused", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -181,11 +183,11 @@ fn consumer(cfg: &Config) -> Result<BaseConsumer, ReplayError> {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .create()
+        .create_with_context(EofAwareContext { what: "replay" })
         .map_err(kafka("replay consumer"))
 }
 
-fn partitions(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ReplayError> {
+fn partitions(c: &Reader, topic: &str) -> Result<Vec<i32>, ReplayError> {
     let md = c
         .fetch_metadata(Some(topic), TIMEOUT)
         .map_err(kafka(format!("metadata of {topic}")))?;
@@ -601,6 +603,56 @@ pub struct WhatIfSummary {
     pub gain_access: BTreeSet<String>,
 }
 
+/// What the decisions of the window recorded: "what did we decide?".
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Recorded {
+    /// Allows.
+    pub allow: u64,
+    /// Denies.
+    pub deny: u64,
+    /// Decisions by model (`-` without inputs).
+    pub by_model: BTreeMap<String, u64>,
+    /// Decisions by outcome and first reason (`deny restricted_nationality`).
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+impl Recorded {
+    fn count(&mut self, d: &Decision) {
+        match d.outcome {
+            Outcome::Allow => self.allow += 1,
+            Outcome::Deny => self.deny += 1,
+        }
+        let model = d.inputs.as_ref().map_or("-", |i| i.request.model.as_str());
+        bump(&mut self.by_model, model);
+        let first = d.reasons.first().map_or("-", String::as_str);
+        let key = match d.outcome {
+            Outcome::Allow => ("allow ", first),
+            Outcome::Deny => ("deny ", first),
+        };
+        match self
+            .by_reason
+            .iter_mut()
+            .find(|(k, _)| k.strip_prefix(key.0) == Some(key.1))
+        {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.by_reason.insert(format!("{}{}", key.0, key.1), 1);
+            }
+        }
+    }
+
+    fn merge(&mut self, o: Recorded) {
+        self.allow += o.allow;
+        self.deny += o.deny;
+        for (k, v) in o.by_model {
+            *self.by_model.entry(k).or_default() += v;
+        }
+        for (k, v) in o.by_reason {
+            *self.by_reason.entry(k).or_default() += v;
+        }
+    }
+}
+
 /// The result of a replay.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -625,6 +677,8 @@ pub struct Report {
     pub changes: Vec<Change>,
     /// Replayed decisions by the policy they recorded (`id@version`).
     pub by_policy: BTreeMap<String, u64>,
+    /// What the window recorded (every decoded decision, replayable or not).
+    pub recorded: Recorded,
     /// What-if summaries (what-if mode).
     pub what_if: WhatIfSummary,
     /// Notes about the window (records lost to retention...).
@@ -655,6 +709,7 @@ impl Report {
         self.not_replayable_malformed += o.not_replayable_malformed;
         self.bad.extend(o.bad);
         self.changes.extend(o.changes);
+        self.recorded.merge(o.recorded);
         for (k, v) in o.by_policy {
             *self.by_policy.entry(k).or_default() += v;
         }
@@ -817,6 +872,7 @@ impl Replayer {
         if matches!(self.mode, Mode::NoWork) {
             return;
         }
+        self.report.recorded.count(d);
         let Some(inputs) = &d.inputs else {
             if d.reasons.iter().any(|r| r == reason::MALFORMED_REQUEST) {
                 self.report.not_replayable_malformed += 1;
@@ -1181,6 +1237,20 @@ impl fmt::Display for Report {
             self.rate(),
             self.elapsed.as_secs_f64()
         )?;
+        let rec = &self.recorded;
+        if rec.allow + rec.deny > 0 {
+            writeln!(f, "recorded decisions:")?;
+            row(f, "allow", rec.allow)?;
+            row(f, "deny", rec.deny)?;
+            writeln!(f, "recorded decisions by model:")?;
+            for (k, v) in &rec.by_model {
+                row(f, k, *v)?;
+            }
+            writeln!(f, "recorded decisions by outcome and first reason:")?;
+            for (k, v) in &rec.by_reason {
+                row(f, k, *v)?;
+            }
+        }
         if !self.by_policy.is_empty() {
             writeln!(f, "policy versions recorded in the window:")?;
             for (k, v) in &self.by_policy {

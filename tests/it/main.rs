@@ -8,5 +8,6 @@ mod harness;
 mod pipeline;
 mod policy;
 mod process;
+mod replay;
 mod schemas;
 mod tombstones;
