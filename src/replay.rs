@@ -33,6 +33,7 @@
 //! Replay is pure computation on the recorded inputs ([`crate::decide`]),
 //! like every other tool: no clock, no store, no eligibility feed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{BufRead, Write};
@@ -48,7 +49,7 @@ use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::decide::{self, reason, Eligibility, Verdict};
-use crate::event::{Decision, Outcome};
+use crate::event::{Decision, DecisionInputs, Outcome};
 use crate::kafka::{base_config, EofAwareContext};
 use crate::policy::{CompiledPolicy, HistoryMiss, PolicyHistory};
 
@@ -617,26 +618,26 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    fn count(&mut self, d: &Decision) {
+    fn count(&mut self, d: &DecisionView<'_>, inputs: Option<&DecisionInputs>) {
         match d.outcome {
             Outcome::Allow => self.allow += 1,
             Outcome::Deny => self.deny += 1,
         }
-        let model = d.inputs.as_ref().map_or("-", |i| i.request.model.as_str());
+        let model = inputs.map_or("-", |i| i.request.model.as_str());
         bump(&mut self.by_model, model);
-        let first = d.reasons.first().map_or("-", String::as_str);
-        let key = match d.outcome {
-            Outcome::Allow => ("allow ", first),
-            Outcome::Deny => ("deny ", first),
+        let first = d.reasons.first().map_or("-", |r| &**r);
+        let prefix = match d.outcome {
+            Outcome::Allow => "allow ",
+            Outcome::Deny => "deny ",
         };
         match self
             .by_reason
             .iter_mut()
-            .find(|(k, _)| k.strip_prefix(key.0) == Some(key.1))
+            .find(|(k, _)| k.strip_prefix(prefix) == Some(first))
         {
             Some((_, n)) => *n += 1,
             None => {
-                self.by_reason.insert(format!("{}{}", key.0, key.1), 1);
+                self.by_reason.insert(format!("{prefix}{first}"), 1);
             }
         }
     }
@@ -742,6 +743,142 @@ impl Report {
     }
 }
 
+/// A string of a decision as decoded for replay: borrowed from the input
+/// unless it had escapes.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(transparent)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'a> Str<'a> {
+    fn of(s: &'a str) -> Self {
+        Str(Cow::Borrowed(s))
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn strs<'a>(v: &'a [String]) -> Vec<Str<'a>> {
+    v.iter().map(|s| Str::of(s)).collect()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RecordVersionView<'a> {
+    #[serde(borrow)]
+    id: Str<'a>,
+    version: u64,
+}
+
+impl PartialEq<crate::event::RecordVersion> for RecordVersionView<'_> {
+    fn eq(&self, o: &crate::event::RecordVersion) -> bool {
+        self.version == o.version && *self.id == o.id
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct VersionsView<'a> {
+    #[serde(borrow)]
+    policy_id: Str<'a>,
+    #[serde(borrow)]
+    policy_version: Str<'a>,
+    #[serde(borrow)]
+    data_version: Str<'a>,
+    #[serde(default, borrow)]
+    policy_digest: Str<'a>,
+    #[serde(borrow)]
+    subject: Option<RecordVersionView<'a>>,
+    #[serde(borrow)]
+    organization: Option<RecordVersionView<'a>>,
+    #[serde(default, borrow)]
+    owners: Vec<RecordVersionView<'a>>,
+}
+
+impl PartialEq<crate::event::Versions> for VersionsView<'_> {
+    fn eq(&self, o: &crate::event::Versions) -> bool {
+        fn opt(a: &Option<RecordVersionView<'_>>, b: &Option<crate::event::RecordVersion>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            }
+        }
+        *self.policy_id == o.policy_id
+            && *self.policy_version == o.policy_version
+            && *self.data_version == o.data_version
+            && *self.policy_digest == o.policy_digest
+            && opt(&self.subject, &o.subject)
+            && opt(&self.organization, &o.organization)
+            && self.owners.len() == o.owners.len()
+            && self.owners.iter().zip(&o.owners).all(|(a, b)| a == b)
+    }
+}
+
+/// What replay reads of a decision: the decided fields borrowed from the
+/// input (no allocation for the reasons, rule ids and versions), the inputs
+/// decoded as the decision core needs them; `decided_at`, `source` and
+/// `engine_instance` are not decoded (replay does not use them).
+#[derive(Debug, serde::Deserialize)]
+struct DecisionView<'a> {
+    #[serde(borrow)]
+    request_id: Str<'a>,
+    outcome: Outcome,
+    #[serde(borrow)]
+    reasons: Vec<Str<'a>>,
+    #[serde(borrow)]
+    rule_ids: Vec<Str<'a>>,
+    #[serde(default, borrow)]
+    legal_basis: Vec<Str<'a>>,
+    #[serde(default, borrow)]
+    obligations: Vec<Str<'a>>,
+    #[serde(borrow)]
+    versions: VersionsView<'a>,
+    /// Decoded here when read from bytes; `None` (and passed apart) when
+    /// the view borrows a [`Decision`].
+    #[serde(default)]
+    inputs: Option<DecisionInputs>,
+}
+
+impl<'a> DecisionView<'a> {
+    /// A view of `d` without its inputs (they are passed apart).
+    fn of(d: &'a Decision) -> Self {
+        let rv = |r: &'a crate::event::RecordVersion| RecordVersionView {
+            id: Str::of(&r.id),
+            version: r.version,
+        };
+        let v = &d.versions;
+        DecisionView {
+            request_id: Str::of(&d.request_id),
+            outcome: d.outcome,
+            reasons: strs(&d.reasons),
+            rule_ids: strs(&d.rule_ids),
+            legal_basis: strs(&d.legal_basis),
+            obligations: strs(&d.obligations),
+            versions: VersionsView {
+                policy_id: Str::of(&v.policy_id),
+                policy_version: Str::of(&v.policy_version),
+                data_version: Str::of(&v.data_version),
+                policy_digest: Str::of(&v.policy_digest),
+                subject: v.subject.as_ref().map(rv),
+                organization: v.organization.as_ref().map(rv),
+                owners: v.owners.iter().map(rv).collect(),
+            },
+            inputs: None,
+        }
+    }
+}
+
+fn same<A: AsRef<str>>(a: &[A], b: &[Str<'_>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.as_ref() == &**y)
+}
+
+fn owned(v: &[Str<'_>]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 /// One policy version as the history answered for it.
 struct Cached {
     id: String,
@@ -770,10 +907,6 @@ const FIELDS: [&str; 6] = [
     "obligations",
     "versions",
 ];
-
-fn same_strs(a: &[&str], b: &[String]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| *x == y)
-}
 
 impl Replayer {
     /// A replayer in `mode`.
@@ -812,19 +945,15 @@ impl Replayer {
 
     /// Replay one record of the window (its value as read).
     pub fn replay_bytes(&mut self, origin: Origin, bytes: &[u8]) {
+        self.report.bytes += bytes.len() as u64;
         if matches!(self.mode, Mode::NoWork) {
             self.report.read += 1;
-            self.report.bytes += bytes.len() as u64;
             return;
         }
-        match serde_json::from_slice::<Decision>(bytes) {
-            Ok(d) => {
-                self.report.bytes += bytes.len() as u64;
-                self.replay(origin, &d)
-            }
+        match serde_json::from_slice::<DecisionView<'_>>(bytes) {
+            Ok(d) => self.replay_view(origin, &d, d.inputs.as_ref()),
             Err(e) => {
                 self.report.read += 1;
-                self.report.bytes += bytes.len() as u64;
                 self.report.bad.push(BadRecord {
                     origin,
                     kind: BadKind::MalformedJson,
@@ -835,15 +964,19 @@ impl Replayer {
         }
     }
 
-    fn policy(&mut self, d: &Decision) -> Result<Arc<CompiledPolicy>, HistoryMiss> {
+    /// Replay one decision.
+    pub fn replay(&mut self, origin: Origin, d: &Decision) {
+        self.replay_view(origin, &DecisionView::of(d), d.inputs.as_ref());
+    }
+
+    fn policy(&mut self, v: &VersionsView<'_>) -> Result<Arc<CompiledPolicy>, HistoryMiss> {
         let history = match &self.mode {
             Mode::WhatIf(p) => return Ok(p.clone()),
             Mode::Fidelity(h) => h,
             Mode::NoWork => unreachable!("no-work decides nothing"),
         };
-        let v = &d.versions;
         let hit = |c: &Cached| {
-            c.digest == v.policy_digest && c.version == v.policy_version && c.id == v.policy_id
+            c.digest == *v.policy_digest && c.version == *v.policy_version && c.id == *v.policy_id
         };
         if let Some(c) = self.cache.get(self.last).filter(|c| hit(c)) {
             return c.policy.clone();
@@ -856,9 +989,9 @@ impl Replayer {
             .get(&v.policy_id, &v.policy_version, &v.policy_digest)
             .cloned();
         self.cache.push(Cached {
-            id: v.policy_id.clone(),
-            version: v.policy_version.clone(),
-            digest: v.policy_digest.clone(),
+            id: v.policy_id.to_string(),
+            version: v.policy_version.to_string(),
+            digest: v.policy_digest.to_string(),
             policy: policy.clone(),
             replayed: 0,
         });
@@ -866,27 +999,31 @@ impl Replayer {
         policy
     }
 
-    /// Replay one decision.
-    pub fn replay(&mut self, origin: Origin, d: &Decision) {
+    fn replay_view(
+        &mut self,
+        origin: Origin,
+        d: &DecisionView<'_>,
+        inputs: Option<&DecisionInputs>,
+    ) {
         self.report.read += 1;
         if matches!(self.mode, Mode::NoWork) {
             return;
         }
-        self.report.recorded.count(d);
-        let Some(inputs) = &d.inputs else {
-            if d.reasons.iter().any(|r| r == reason::MALFORMED_REQUEST) {
+        self.report.recorded.count(d, inputs);
+        let Some(inputs) = inputs else {
+            if d.reasons.iter().any(|r| &**r == reason::MALFORMED_REQUEST) {
                 self.report.not_replayable_malformed += 1;
             } else {
                 self.report.bad.push(BadRecord {
                     origin,
                     kind: BadKind::NoInputs,
-                    request_id: Some(d.request_id.clone()),
-                    message: format!("reasons {:?}", d.reasons),
+                    request_id: Some(d.request_id.to_string()),
+                    message: format!("reasons {:?}", owned(&d.reasons)),
                 });
             }
             return;
         };
-        let policy = match self.policy(d) {
+        let policy = match self.policy(&d.versions) {
             Ok(p) => p,
             Err(miss) => {
                 let kind = match miss {
@@ -896,7 +1033,7 @@ impl Replayer {
                 self.report.bad.push(BadRecord {
                     origin,
                     kind,
-                    request_id: Some(d.request_id.clone()),
+                    request_id: Some(d.request_id.to_string()),
                     message: miss.to_string(),
                 });
                 return;
@@ -905,7 +1042,7 @@ impl Replayer {
         let elig = Eligibility {
             subject: inputs.subject.as_deref(),
             organization: inputs.organization.as_deref(),
-            data_stale: d.reasons.iter().any(|r| r == reason::STALE_DATA),
+            data_stale: d.reasons.iter().any(|r| &**r == reason::STALE_DATA),
             owners: &inputs.owners,
         };
         let v = decide::decide(&policy, &elig, &inputs.request);
@@ -916,11 +1053,11 @@ impl Replayer {
         let compare_versions = matches!(self.mode, Mode::Fidelity(_));
         let diffs = [
             v.outcome != d.outcome,
-            !same_strs(&v.reasons, &d.reasons),
-            v.rule_ids != d.rule_ids,
-            v.legal_basis != d.legal_basis,
-            !same_strs(&v.obligations, &d.obligations),
-            compare_versions && v.versions != d.versions,
+            !same(&v.reasons, &d.reasons),
+            !same(&v.rule_ids, &d.rule_ids),
+            !same(&v.legal_basis, &d.legal_basis),
+            !same(&v.obligations, &d.obligations),
+            compare_versions && d.versions != v.versions,
         ];
         if !diffs.iter().any(|x| *x) {
             self.report.identical += 1;
@@ -933,29 +1070,37 @@ impl Replayer {
             .filter_map(|(f, x)| x.then_some(*f))
             .collect();
         if let Mode::WhatIf(p) = &self.mode {
-            summarize(&mut self.report.what_if, p, d, &v);
+            summarize(&mut self.report.what_if, p, d.outcome, inputs, &v);
         }
-        self.report.changes.push(change(origin, d, &v, fields));
+        self.report
+            .changes
+            .push(change(origin, d, inputs, &v, fields));
     }
 }
 
-fn change(origin: Origin, d: &Decision, v: &Verdict, fields: Vec<&'static str>) -> Change {
-    let req = d.inputs.as_ref().map(|i| &i.request);
+fn change(
+    origin: Origin,
+    d: &DecisionView<'_>,
+    inputs: &DecisionInputs,
+    v: &Verdict,
+    fields: Vec<&'static str>,
+) -> Change {
+    let req = &inputs.request;
     let strs = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
     Change {
         origin,
-        request_id: d.request_id.clone(),
-        subject_id: req.map(|r| r.subject_id.clone()).unwrap_or_default(),
-        model: req.map(|r| r.model.clone()).unwrap_or_default(),
-        organization_id: req.and_then(|r| r.organization_id.clone()),
+        request_id: d.request_id.to_string(),
+        subject_id: req.subject_id.clone(),
+        model: req.model.clone(),
+        organization_id: req.organization_id.clone(),
         fields,
         recorded: Decided {
             outcome: d.outcome,
-            reasons: d.reasons.clone(),
-            rule_ids: d.rule_ids.clone(),
-            legal_basis: d.legal_basis.clone(),
-            obligations: d.obligations.clone(),
-            policy: format!("{}@{}", d.versions.policy_id, d.versions.policy_version),
+            reasons: owned(&d.reasons),
+            rule_ids: owned(&d.rule_ids),
+            legal_basis: owned(&d.legal_basis),
+            obligations: owned(&d.obligations),
+            policy: format!("{}@{}", &*d.versions.policy_id, &*d.versions.policy_version),
         },
         replayed: Decided {
             outcome: v.outcome,
@@ -977,13 +1122,18 @@ fn bump(m: &mut BTreeMap<String, u64>, k: &str) {
     }
 }
 
-fn summarize(w: &mut WhatIfSummary, p: &CompiledPolicy, d: &Decision, v: &Verdict) {
-    let Some(inputs) = &d.inputs else { return };
+fn summarize(
+    w: &mut WhatIfSummary,
+    p: &CompiledPolicy,
+    recorded: Outcome,
+    inputs: &DecisionInputs,
+    v: &Verdict,
+) {
     let req = &inputs.request;
     bump(&mut w.by_model, &req.model);
     bump(
         &mut w.by_outcome,
-        &format!("{} -> {}", d.outcome.as_str(), v.outcome.as_str()),
+        &format!("{} -> {}", recorded.as_str(), v.outcome.as_str()),
     );
     bump(&mut w.by_reason, v.reasons.first().copied().unwrap_or("-"));
     match &inputs.subject {
@@ -1004,7 +1154,7 @@ fn summarize(w: &mut WhatIfSummary, p: &CompiledPolicy, d: &Decision, v: &Verdic
         .or(inputs.organization.as_ref().map(|o| o.id.as_str()))
         .unwrap_or("(none)");
     bump(&mut w.by_organization, org);
-    match (d.outcome, v.outcome) {
+    match (recorded, v.outcome) {
         (Outcome::Allow, Outcome::Deny) => {
             w.lose_access.insert(req.subject_id.clone());
         }
@@ -1395,6 +1545,30 @@ mod tests {
             source: None,
             engine_instance: "t".into(),
         }
+    }
+
+    #[test]
+    fn the_view_borrows_the_decided_fields() {
+        let d = decision(
+            &CompiledPolicy::example(),
+            &loadgen::subject("b", 1),
+            1,
+            "fable-5",
+        );
+        let bytes = serde_json::to_vec(&d).unwrap();
+        let v: DecisionView<'_> = serde_json::from_slice(&bytes).unwrap();
+        assert!(matches!(v.reasons[0].0, Cow::Borrowed(_)));
+        assert!(matches!(v.versions.policy_digest.0, Cow::Borrowed(_)));
+        assert!(v.versions == d.versions);
+        assert_eq!(v.inputs, d.inputs);
+        // A string with an escape cannot be borrowed: it is owned.
+        let text = String::from_utf8(bytes).unwrap().replacen(
+            "\"request_id\":\"r1\"",
+            "\"request_id\":\"r\\\"1\"",
+            1,
+        );
+        let escaped: DecisionView<'_> = serde_json::from_str(&text).unwrap();
+        assert_eq!(&*escaped.request_id, "r\"1");
     }
 
     #[test]
