@@ -177,8 +177,15 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 type Reader = BaseConsumer<EofAwareContext>;
 
 fn consumer(cfg: &Config) -> Result<Reader, ReplayError> {
-    base_config(&cfg.kafka, "replay")
-        .set("group.id", format!("{}-replay-unused", cfg.kafka.group_id))
+    let mut c = base_config(&cfg.kafka, "replay");
+    // librdkafka postpones the next fetch of a partition by this much when
+    // its local queue is over its thresholds (default 1000 ms): a reader
+    // that decides as it reads fills the queue, and would then stand idle
+    // most of the time. Configured properties win.
+    if !cfg.kafka.properties.contains_key("fetch.queue.backoff.ms") {
+        c.set("fetch.queue.backoff.ms", "10");
+    }
+    c.set("group.id", format!("{}-replay-unused", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
@@ -950,15 +957,22 @@ impl Replayer {
             self.report.read += 1;
             return;
         }
-        match serde_json::from_slice::<DecisionView<'_>>(bytes) {
+        // One UTF-8 check of the whole record, then a parser that does not
+        // check each string again.
+        let decoded = std::str::from_utf8(bytes)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(|text| {
+                serde_json::from_str::<DecisionView<'_>>(text).map_err(|e| e.to_string())
+            });
+        match decoded {
             Ok(d) => self.replay_view(origin, &d, d.inputs.as_ref()),
-            Err(e) => {
+            Err(message) => {
                 self.report.read += 1;
                 self.report.bad.push(BadRecord {
                     origin,
                     kind: BadKind::MalformedJson,
                     request_id: crate::event::salvage_request_id(bytes),
-                    message: e.to_string(),
+                    message,
                 });
             }
         }
