@@ -1458,7 +1458,7 @@ impl fmt::Display for Report {
                 writeln!(f, "{title}: {}", s.len())?;
                 for (i, id) in s.iter().enumerate() {
                     if i == 100 {
-                        writeln!(f, "  ... and {} more (see --out)", s.len() - 100)?;
+                        writeln!(f, "  ... and {} more (every changed decision, with its subject, is in --out)", s.len() - 100)?;
                         break;
                     }
                     writeln!(f, "  {id}")?;
