@@ -33,6 +33,10 @@
 //!   from serde's positional form.
 //! - [`shadow`]: a candidate policy evaluated beside the active one on live
 //!   traffic; differences go to `access.shadow`.
+//! - [`replay`]: `clearance replay`: decides a window of the decision log
+//!   again from its recorded inputs, with the recorded policy versions
+//!   (fidelity) or a candidate policy (what-if), and reports every
+//!   difference.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
 #![warn(missing_docs)]
@@ -51,6 +55,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod replay;
 pub mod rollout;
 pub mod shadow;
 mod shape;

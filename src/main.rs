@@ -164,11 +164,229 @@ enum Command {
     /// Print the configuration reference (docs/configuration.md, Markdown):
     /// every key, its default, environment variable and an example.
     ConfigDocs,
+    /// Decide a window of the decision log again from its recorded inputs,
+    /// with the recorded policy versions (fidelity, the default) or a
+    /// candidate policy (what-if, --policy), and report every difference.
+    /// Exit code 0: no difference; 1: differences or bad records; 2: error.
+    Replay(ReplayArgs),
 }
 
 fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("{s:?} is not an RFC 3339 date-time with an offset: {e}"))
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Start of the window (RFC 3339, inclusive), by record timestamp.
+    #[arg(long, conflicts_with_all = ["offsets", "input"])]
+    from: Option<String>,
+    /// End of the window (RFC 3339, exclusive); default: the current end.
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Explicit offsets of the decisions topic: P:START-END,... (END exclusive).
+    #[arg(long, conflicts_with = "input")]
+    offsets: Option<String>,
+    /// A JSONL export instead of the topic: one decision per line (`-`: stdin).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// What-if: decide with this candidate policy instead of the recorded ones.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Fidelity: more policy texts for the history, besides the policy topic
+    /// and the configured `policy.file` (repeatable).
+    #[arg(long)]
+    history_file: Vec<PathBuf>,
+    /// Write every changed decision here (JSONL, or CSV for a `.csv` name).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Format of --out: jsonl or csv (default: by the file's extension).
+    #[arg(long)]
+    format: Option<String>,
+    /// Write every bad record here (JSONL).
+    #[arg(long)]
+    bad_out: Option<PathBuf>,
+    /// Only read the window, decoding nothing (measures the read rate).
+    #[arg(long, conflicts_with = "policy")]
+    no_work: bool,
+    /// Also write every record of the window here, as read (JSONL: a copy
+    /// that `--input` replays later).
+    #[arg(long, conflicts_with = "input")]
+    export: Option<PathBuf>,
+    /// Deciding threads (default: the number of CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+/// `clearance replay`: the exit code (0 clean, 1 differences or bad
+/// records, 2 error).
+fn replay_command(a: ReplayArgs) -> i32 {
+    match run_replay(a) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            2
+        }
+    }
+}
+
+fn run_replay(a: ReplayArgs) -> Result<bool> {
+    use clearance::replay::{self, Format, Mode, Window};
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+
+    let window = match (&a.from, &a.offsets, &a.input) {
+        (Some(from), None, None) => Some(Window::Times {
+            from: replay::parse_time(from)?,
+            to: a.to.as_deref().map(replay::parse_time).transpose()?,
+        }),
+        (None, Some(o), None) => Some(Window::Offsets(replay::parse_offsets(o)?)),
+        (None, None, Some(_)) => None,
+        _ => bail!("give exactly one of --from, --offsets, --input"),
+    };
+    let format = match &a.format {
+        Some(f) => Some(Format::parse(f).with_context(|| format!("--format {f}: jsonl or csv"))?),
+        None => None,
+    };
+    let cfg = a.config.load()?;
+    let mode = if a.no_work {
+        Mode::NoWork
+    } else if let Some(p) = &a.policy {
+        Mode::WhatIf(Arc::new(clearance::policy::CompiledPolicy::load_file(p)?))
+    } else {
+        replay::probe(&cfg, &cfg.topics.policy)?;
+        let mut h = clearance::rollout::read_history(&cfg, Duration::from_secs(60))?;
+        let file = clearance::engine::load_policy(&cfg)?;
+        let src = format!("policy.file {}", file.source);
+        h.add(file, &src);
+        for f in &a.history_file {
+            h.add(
+                clearance::policy::CompiledPolicy::load_file(f)?,
+                &f.display().to_string(),
+            );
+        }
+        for (src, e) in &h.invalid {
+            eprintln!("policy history: invalid record {src}: {e}");
+        }
+        Mode::Fidelity(Arc::new(h))
+    };
+    let jobs = a.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let (ranges, notes) = match &window {
+        Some(w) => replay::resolve(&cfg, w)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let total = window
+        .as_ref()
+        .map(|_| ranges.iter().map(|r| r.len()).sum::<u64>());
+
+    // Progress: a bar on a terminal, periodic lines elsewhere.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} decisions  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let started = std::time::Instant::now();
+    let mut done = 0u64;
+    let mut last_line = started;
+    let mut progress = |n: u64| {
+        done += n;
+        if let Some(b) = &bar {
+            b.inc(n);
+        } else if last_line.elapsed() >= Duration::from_secs(5) {
+            last_line = std::time::Instant::now();
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            match total {
+                Some(t) => eprintln!("replay: {done}/{t} decisions, {rate:.0}/s"),
+                None => eprintln!("replay: {done} decisions, {rate:.0}/s"),
+            }
+        }
+    };
+    let mut report = match &a.input {
+        Some(path) => {
+            let input: Box<dyn std::io::BufRead> = if path.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+            };
+            replay::replay_source(mode, jobs, &mut progress, |sink| {
+                replay::read_jsonl(input, sink).context("reading the input")
+            })?
+        }
+        None => {
+            let mut export = match &a.export {
+                Some(path) => Some(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => None,
+            };
+            let mut failed = None;
+            let report = replay::replay_source(mode, jobs, &mut progress, |sink| {
+                replay::read_ranges(&cfg, &ranges, Duration::from_secs(30), |origin, bytes| {
+                    if let Some(w) = export.as_mut() {
+                        if let Err(e) = std::io::Write::write_all(w, bytes)
+                            .and_then(|()| std::io::Write::write_all(w, b"\n"))
+                        {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                    sink(origin, bytes)
+                })
+            })?;
+            if let Some(e) = failed {
+                bail!("writing the export: {e}");
+            }
+            if let Some(mut w) = export {
+                std::io::Write::flush(&mut w).context("writing the export")?;
+            }
+            report
+        }
+    };
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    report.notes.extend(notes);
+    if let Some(path) = &a.out {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        replay::write_changes(
+            &mut w,
+            &report.changes,
+            format.unwrap_or_else(|| Format::of_path(path)),
+        )?;
+        std::io::Write::flush(&mut w)?;
+    }
+    if let Some(path) = &a.bad_out {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        for b in &report.bad {
+            serde_json::to_writer(&mut w, b)?;
+            std::io::Write::write_all(&mut w, b"\n")?;
+        }
+        std::io::Write::flush(&mut w)?;
+    }
+    print!("{report}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    Ok(report.clean())
 }
 
 #[derive(Subcommand)]
@@ -597,6 +815,10 @@ async fn cli_main() -> Result<ExitCode> {
                 problems.join("\n  ")
             ),
         },
+        Command::Replay(args) => {
+            let code = tokio::task::block_in_place(|| replay_command(args));
+            std::process::exit(code);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

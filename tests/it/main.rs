@@ -15,6 +15,7 @@ mod ops;
 mod pipeline;
 mod policy;
 mod process;
+mod replay;
 mod schemas;
 mod shadow;
 mod signing;
