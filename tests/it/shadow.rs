@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clearance::decide::{decide, Eligibility};
 use clearance::event::{Decision, Outcome, ShadowDifference};
 use clearance::loadgen::{self, Subject};
 use clearance::policy::{CompiledPolicy, EXAMPLE_POLICY};
@@ -64,27 +63,23 @@ async fn shadow_differences_match_a_what_if_of_the_same_traffic() {
 
     // Live decisions: the active policy's, with the outcomes a run without
     // a shadow gives (the expectations of the mixed-load test).
-    let mut what_if: BTreeSet<String> = BTreeSet::new();
     for (id, d) in &live {
         assert_eq!(d.versions.policy_version, active.version, "{id}");
         assert_eq!(d.outcome, expected[id], "{id}: {:?}", d.reasons);
-        // What-if: the same inputs with the candidate.
-        let i = d.inputs.as_ref().expect("inputs");
-        let v = decide(
-            &candidate,
-            &Eligibility {
-                subject: i.subject.as_deref(),
-                organization: i.organization.as_deref(),
-                data_stale: false,
-                owners: &i.owners,
-            },
-            &i.request,
-        );
-        let reasons: Vec<String> = v.reasons.iter().map(|r| r.to_string()).collect();
-        if v.outcome != d.outcome || reasons != d.reasons {
-            what_if.insert(id.clone());
-        }
     }
+    // What-if: `clearance replay --policy candidate` over the same decisions;
+    // shadow mode reports differences of outcome or reasons.
+    let report = clearance::replay::replay_all(
+        clearance::replay::Mode::WhatIf(std::sync::Arc::new(candidate.clone())),
+        live.values(),
+    );
+    assert_eq!(report.replayed, N as u64);
+    let what_if: BTreeSet<String> = report
+        .changes
+        .iter()
+        .filter(|c| c.fields.contains(&"outcome") || c.fields.contains(&"reasons"))
+        .map(|c| c.request_id.clone())
+        .collect();
     assert!(
         what_if.len() > 50,
         "the candidate changes something: {}",
