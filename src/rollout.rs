@@ -34,7 +34,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::{base_config, EofAwareContext, KafkaBoundaryError};
+use crate::kafka::{EofAwareContext, KafkaBoundaryError};
 use crate::metrics as m;
 use crate::pipeline::ActivePolicy;
 use crate::policy::{CompiledPolicy, PolicyError};
@@ -104,9 +104,7 @@ pub async fn publish_unchecked(
     key: &str,
     bytes: &[u8],
 ) -> Result<(i32, i64), RolloutError> {
-    let producer: FutureProducer = base_config(&cfg.kafka, "policy-publisher")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    let producer: FutureProducer = crate::kafka::policy_publisher_config(cfg)
         .create()
         .map_err(|source| KafkaBoundaryError::Client {
             what: "policy publisher",
@@ -324,11 +322,7 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RolloutError> {
     let topic = cfg.topics.policy.clone();
-    let consumer: BaseConsumer<EofAwareContext> = base_config(&cfg.kafka, "policy-watcher")
-        .set("group.id", format!("{}-policy-unused", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
+    let consumer: BaseConsumer<EofAwareContext> = crate::kafka::policy_watcher_config(cfg)
         .create_with_context(EofAwareContext {
             what: "policy watcher",
         })
