@@ -4,6 +4,7 @@
 
 mod domain;
 mod faults;
+mod group;
 mod harness;
 mod pipeline;
 mod policy;
