@@ -500,13 +500,14 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
-fn store_done(consumer: &BaseConsumer<WorkerContext>, topic: &str, tracker: &Tracker) -> usize {
-    let mut stored = 0;
+/// Store the offsets of what is delivered; returns the partitions stored.
+fn store_done(consumer: &BaseConsumer<WorkerContext>, topic: &str, tracker: &Tracker) -> Vec<i32> {
+    let mut stored = Vec::new();
     for (p, off) in tracker.take_done() {
         // rd_kafka_offset_store stores `off + 1`, the next offset to read.
         match consumer.store_offset(topic, p, off) {
             Ok(()) => {
-                stored += 1;
+                stored.push(p);
                 metrics::counter!(m::OFFSETS_STORED_TOTAL).increment(1)
             }
             Err(e) => {
@@ -585,19 +586,22 @@ fn leave_group(consumer: &BaseConsumer<WorkerContext>) {
     }
 }
 
-/// When the at-least-once worker commits the offsets it stored: the
-/// first ones at once after every assignment (start, restart, rebalance),
-/// then after 50 ms, and at doubling intervals up to
-/// `engine.commit_interval_ms`. A crash re-decides what was decided since
-/// the last commit: at most about the commit interval times the rate, and
-/// about half the time since the assignment shortly after one (an instance
-/// killed again and again right after its restarts still makes progress).
+/// When the at-least-once worker commits the offsets it stored: at once
+/// when a partition gets its first stored offset since the last assignment
+/// (start, restart, rebalance), otherwise after 50 ms and at doubling
+/// intervals up to `engine.commit_interval_ms` (reset by every
+/// assignment). A crash re-decides what was decided since the last commit:
+/// at most about the commit interval times the rate, and about half the
+/// time since the assignment shortly after one (an instance killed again
+/// and again right after its restarts still makes progress).
 #[derive(Debug)]
 struct CommitSchedule {
     interval: Duration,
     gap: Duration,
     last: Instant,
     stored: bool,
+    /// Partitions with an offset stored since the last assignment.
+    started: BTreeSet<i32>,
 }
 
 impl CommitSchedule {
@@ -609,18 +613,25 @@ impl CommitSchedule {
             gap: Duration::ZERO,
             last: Instant::now(),
             stored: false,
+            started: BTreeSet::new(),
         }
     }
 
-    /// Partitions were assigned: commit what is stored next at once.
+    /// Partitions were assigned: commit the first offsets of each at once,
+    /// then at short intervals again.
     fn assigned(&mut self) {
         self.gap = Duration::ZERO;
+        self.started.clear();
     }
 
-    /// Whether to commit now, given that `stored` offsets were just stored.
-    fn due(&mut self, stored: usize, now: Instant) -> bool {
-        self.stored |= stored > 0;
-        if !self.stored || now.duration_since(self.last) < self.gap {
+    /// Whether to commit now, given the partitions whose offsets were just
+    /// stored.
+    fn due(&mut self, stored: &[i32], now: Instant) -> bool {
+        let first = stored
+            .iter()
+            .fold(false, |f, p| self.started.insert(*p) || f);
+        self.stored |= !stored.is_empty();
+        if !self.stored || (!first && now.duration_since(self.last) < self.gap) {
             return false;
         }
         self.stored = false;
@@ -699,7 +710,7 @@ fn run_at_least_once(
             schedule.assigned();
         }
         let stored = store_done(consumer, topic, tracker);
-        if schedule.due(stored, Instant::now()) {
+        if schedule.due(&stored, Instant::now()) {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
                 tracing::debug!(error = %e, "commit (nothing stored?)");
             }
@@ -1094,21 +1105,29 @@ mod tests {
         let mut s = CommitSchedule::new(Duration::from_millis(1000));
         s.last = t0;
         s.assigned();
-        assert!(!s.due(0, ms(0)), "nothing stored, nothing to commit");
-        assert!(s.due(1, ms(1)), "the first stored offset at once");
-        assert!(!s.due(1, ms(30)));
-        assert!(s.due(0, ms(51)), "stored earlier, due after 50 ms");
-        assert!(!s.due(1, ms(120)));
-        assert!(s.due(0, ms(151)), "then 100 ms");
-        let mut at = 151;
+        assert!(!s.due(&[], ms(0)), "nothing stored, nothing to commit");
+        assert!(s.due(&[0], ms(1)), "the first stored offset at once");
+        assert!(!s.due(&[0], ms(30)));
+        assert!(s.due(&[1], ms(31)), "partition 1's first: at once");
+        assert!(
+            !s.due(&[0], ms(60)),
+            "then every commit doubles the gap: 100 ms"
+        );
+        assert!(s.due(&[], ms(131)), "stored earlier, due after 100 ms");
+        assert!(!s.due(&[0], ms(150)));
+        assert!(s.due(&[], ms(331)), "then 200 ms");
+        let mut at = 331;
         for _ in 0..6 {
             at += 1000;
-            assert!(s.due(1, ms(at)));
+            assert!(s.due(&[1], ms(at)));
         }
-        assert!(!s.due(1, ms(at + 999)), "capped at the commit interval");
-        assert!(s.due(0, ms(at + 1000)));
+        assert!(!s.due(&[0], ms(at + 999)), "capped at the commit interval");
+        assert!(s.due(&[], ms(at + 1000)));
         s.assigned();
-        assert!(s.due(1, ms(at + 1001)), "a new assignment: at once again");
+        assert!(
+            s.due(&[0], ms(at + 1001)),
+            "a new assignment: at once again"
+        );
     }
 
     #[test]

@@ -533,6 +533,7 @@ async fn a_kill_right_after_a_restart_re_decides_little() {
         };
         let reads = tokio::task::block_in_place(|| read_until(&c, run_for, |_| false));
         all.extend(decisions(&reads));
+        let killed_at = OffsetDateTime::now_utc();
         child.kill().expect("SIGKILL");
         let _ = child.wait();
         let lived = first.elapsed();
@@ -549,9 +550,12 @@ async fn a_kill_right_after_a_restart_re_decides_little() {
             lived.as_secs_f64()
         );
         if life > 0 {
+            // Partitions this life decided on at least 150 ms before its
+            // kill (time enough to commit; a first decision in the very
+            // last moments may not have been).
             let decided_on: BTreeSet<i32> = all
                 .iter()
-                .filter(|d| mine(d))
+                .filter(|d| mine(d) && d.decided_at <= killed_at - Duration::from_millis(150))
                 .map(|d| d.source.as_ref().unwrap().partition)
                 .collect();
             for part in decided_on {
