@@ -627,9 +627,10 @@ impl CommitSchedule {
     /// Whether to commit now, given the partitions whose offsets were just
     /// stored.
     fn due(&mut self, stored: &[i32], now: Instant) -> bool {
-        let first = stored
-            .iter()
-            .fold(false, |f, p| self.started.insert(*p) || f);
+        let mut first = false;
+        for p in stored {
+            first |= self.started.insert(*p);
+        }
         self.stored |= !stored.is_empty();
         if !self.stored || (!first && now.duration_since(self.last) < self.gap) {
             return false;
