@@ -348,6 +348,10 @@ pub fn load(
                         st.insert(key.replace('_', "."), toml::Value::String(raw.clone()));
                     }
                     origins.insert(format!("{section}.{map}"), name.clone());
+                    origins.insert(
+                        format!("{section}.{map}.{}", key.replace('_', ".")),
+                        name.clone(),
+                    );
                 } else {
                     t.insert(field.clone(), value);
                     origins.insert(format!("{section}.{field}"), name.clone());
@@ -361,11 +365,19 @@ pub fn load(
         }
     }
 
+    // The origin of a field, else of its nearest parent (a key of
+    // kafka.properties set in the file has the map's origin).
     let origin_of = |path: &str| {
-        origins
-            .get(path)
-            .cloned()
-            .unwrap_or_else(|| "default".into())
+        let mut p = path;
+        loop {
+            if let Some(o) = origins.get(p) {
+                return o.clone();
+            }
+            match p.rsplit_once('.') {
+                Some((parent, _)) => p = parent,
+                None => return "default".into(),
+            }
+        }
     };
 
     // Check each field on its own, so that every error is reported.
@@ -458,6 +470,9 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     }
     if cfg.kafka.group_id.trim().is_empty() {
         bad("kafka.group_id", "must not be empty".into());
+    }
+    for (key, message) in crate::kafka::refused_properties(&cfg.kafka.properties) {
+        bad(&format!("kafka.properties.{key}"), message);
     }
     for (name, topic) in [
         ("topics.requests", &cfg.topics.requests),
@@ -605,6 +620,32 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].field, "engine.deletion_markers_max");
         assert_eq!(errs[0].origin, "CLEARANCE_ENGINE__DELETION_MARKERS_MAX");
+    }
+
+    #[test]
+    fn protected_kafka_properties_are_refused_with_the_reason() {
+        let err = load(
+            None,
+            env(&[
+                (
+                    "CLEARANCE_KAFKA__PROPERTIES__ENABLE_AUTO_OFFSET_STORE",
+                    "true",
+                ),
+                ("CLEARANCE_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SSL"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kafka.properties"), "{err}");
+        assert!(
+            err.contains("\"enable.auto.offset.store\" is set by clearance"),
+            "{err}"
+        );
+        assert!(
+            err.contains("CLEARANCE_KAFKA__PROPERTIES__ENABLE_AUTO_OFFSET_STORE"),
+            "{err}"
+        );
+        assert!(!err.contains("security.protocol"), "{err}");
     }
 
     #[test]

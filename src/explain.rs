@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::decide::{decide_traced, reason, Eligibility, RuleVerdict, Step, Verdict};
 use crate::event::{Decision, Outcome};
-use crate::kafka::{base_config, KafkaBoundaryError};
+use crate::kafka::KafkaBoundaryError;
 use crate::policy::CompiledPolicy;
 
 /// Why a decision could not be explained.
@@ -357,10 +357,7 @@ pub fn find_decision(
     timeout: Duration,
 ) -> Result<Option<Decision>, ExplainError> {
     let topic = &cfg.topics.decisions;
-    let c: BaseConsumer = base_config(&cfg.kafka, "explain")
-        .set("group.id", format!("{}-explain-unused", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+    let c: BaseConsumer = crate::kafka::reader_config(&cfg.kafka, "explain")
         .create()
         .map_err(|source| KafkaBoundaryError::Client {
             what: "explain reader",

@@ -8,7 +8,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{KafkaConfig, TopicsConfig};
+use crate::config::{Config, KafkaConfig, TopicsConfig};
 
 /// Whether retrying an operation can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,16 +80,296 @@ pub fn hint_for(code: RDKafkaErrorCode) -> RetryHint {
     }
 }
 
-/// The base client configuration: bootstrap servers and the pass-through
-/// properties (security settings among them).
+/// The base client configuration: bootstrap servers, client id and the
+/// operator's `kafka.properties` (security settings among them). For the
+/// engine's own clients use the per-role functions below
+/// ([`producer_config`], [`request_consumer_config`], ...), which apply the
+/// one rule of [`layered`].
 pub fn base_config(k: &KafkaConfig, client_suffix: &str) -> ClientConfig {
+    layered(k, client_suffix, &[], &[])
+}
+
+/// A setting the engine's correctness depends on: clearance sets it (for
+/// the clients that need it) and refuses it in `kafka.properties`.
+#[derive(Debug, Clone, Copy)]
+pub struct Protected {
+    /// The librdkafka property.
+    pub key: &'static str,
+    /// Why it cannot be overridden (shown in the configuration error).
+    pub why: &'static str,
+}
+
+/// The settings an operator cannot override through `kafka.properties`
+/// (config validation refuses them, naming the reason). Every other
+/// librdkafka property is the operator's: it wins over clearance's
+/// defaults, for every client.
+pub const PROTECTED: &[Protected] = &[
+    Protected {
+        key: "bootstrap.servers",
+        why: "set it with kafka.bootstrap_servers (kafka.feed_bootstrap_servers for the change feed)",
+    },
+    Protected {
+        key: "client.id",
+        why: "set its prefix with kafka.client_id",
+    },
+    Protected {
+        key: "group.id",
+        why: "set it with kafka.group_id (the change feed and the policy watcher derive theirs)",
+    },
+    Protected {
+        key: "group.instance.id",
+        why: "derived from engine.instance_id and the worker (static membership)",
+    },
+    Protected {
+        key: "enable.auto.offset.store",
+        why: "an offset is stored only after its decision is delivered (false)",
+    },
+    Protected {
+        key: "enable.auto.commit",
+        why: "clearance commits the offsets it stored itself (at-least-once), in the transaction (exactly-once), or never (change feed, policy watcher)",
+    },
+    Protected {
+        key: "auto.offset.reset",
+        why: "earliest: a new group or a lost position must not skip requests, change-feed records or policies",
+    },
+    Protected {
+        key: "isolation.level",
+        why: "read_committed: aborted transactions are never decided",
+    },
+    Protected {
+        key: "enable.partition.eof",
+        why: "the change feed and the policy watcher detect that they caught up by it",
+    },
+    Protected {
+        key: "transactional.id",
+        why: "derived from kafka.group_id, engine.instance_id and the worker, so that a restart fences its killed predecessor",
+    },
+    Protected {
+        key: "enable.idempotence",
+        why: "decisions are produced once and in order per partition (true)",
+    },
+    Protected {
+        key: "acks",
+        why: "a delivery is confirmed only once every in-sync replica has the record (all)",
+    },
+];
+
+/// The protected setting named `key`, if it is one.
+pub fn protected(key: &str) -> Option<&'static Protected> {
+    PROTECTED.iter().find(|p| p.key == key.trim())
+}
+
+/// The one rule of client configuration, for every client: clearance's
+/// `defaults` first, then the operator's `kafka.properties` (which win over
+/// the defaults), then the `protected` settings (see [`PROTECTED`]). Config
+/// validation refuses a protected setting in `kafka.properties`; one in a
+/// configuration that was not validated is ignored with a warning.
+pub fn layered(
+    k: &KafkaConfig,
+    client_suffix: &str,
+    defaults: &[(&str, String)],
+    protected: &[(&str, String)],
+) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap_servers)
-        .set("client.id", format!("{}-{}", k.client_id, client_suffix));
+    for (key, value) in defaults {
+        c.set(*key, value);
+    }
     for (key, value) in &k.properties {
+        if self::protected(key).is_some() {
+            // Refused by config validation; a configuration built in code
+            // without it still never reaches a client with one.
+            tracing::warn!(property = %key, "kafka.properties: protected setting ignored");
+            continue;
+        }
         c.set(key, value);
     }
+    c.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("client.id", format!("{}-{}", k.client_id, client_suffix));
+    for (key, value) in protected {
+        c.set(*key, value);
+    }
     c
+}
+
+/// Group settings of the request consumers, chosen by measurement (README,
+/// "Crash recovery"): cooperative-sticky (only moved partitions are
+/// revoked), the broker's minimum session timeout (6 s by default), a 1 s
+/// heartbeat, and a 30 s bound on a stuck rebalance.
+pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "1000"),
+    ("max.poll.interval.ms", "30000"),
+];
+
+/// Exactly-once: how long a killed producer's open transaction can hold
+/// the decisions back from `read_committed` readers (plus the broker's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`), when the
+/// instance does not come back. A transaction lives at most
+/// `engine.transaction_max_ms` plus its commit.
+pub const TRANSACTION_TIMEOUT_MS: u64 = 6000;
+
+/// The producer settings every engine producer shares (defaults).
+fn producer_defaults(cfg: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("linger.ms", cfg.engine.producer_linger_ms.to_string()),
+        (
+            "queue.buffering.max.messages",
+            cfg.engine.producer_queue_max_messages.to_string(),
+        ),
+        ("compression.type", "lz4".into()),
+    ]
+}
+
+fn producer_protected() -> Vec<(&'static str, String)> {
+    vec![
+        ("enable.idempotence", "true".into()),
+        ("acks", "all".into()),
+    ]
+}
+
+/// The engine's shared producer: idempotent, `acks=all`, and by default
+/// no delivery time limit (`message.timeout.ms=0`: decisions wait for the
+/// brokers rather than fail).
+pub fn producer_config(cfg: &Config) -> ClientConfig {
+    let mut d = producer_defaults(cfg);
+    d.push(("message.timeout.ms", "0".into()));
+    layered(&cfg.kafka, "producer", &d, &producer_protected())
+}
+
+/// The transactional producer of exactly-once worker `worker`: its
+/// `transactional.id` derives from the group, `instance_id` and the worker.
+pub fn transactional_producer_config(
+    cfg: &Config,
+    instance_id: &str,
+    worker: usize,
+) -> ClientConfig {
+    let mut d = producer_defaults(cfg);
+    d.push(("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string()));
+    let mut p = producer_protected();
+    p.push((
+        "transactional.id",
+        format!("{}-{instance_id}-w{worker}", cfg.kafka.group_id),
+    ));
+    layered(&cfg.kafka, &format!("txn-{worker}"), &d, &p)
+}
+
+/// The consumer of request worker `worker`, in the group `kafka.group_id`.
+/// With a configured (stable) `engine.instance_id` it is a static member
+/// (`group.instance.id` = instance and worker), so that an instance
+/// restarted after a crash takes its partitions back at once instead of
+/// after the session timeout. With `group.protocol=consumer` (KIP-848) in
+/// `kafka.properties`, the classic group settings are left to the broker.
+pub fn request_consumer_config(cfg: &Config, worker: usize) -> ClientConfig {
+    let k = &cfg.kafka;
+    let kip848 = k
+        .properties
+        .get("group.protocol")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("consumer"));
+    let mut d: Vec<(&str, String)> = vec![(
+        "statistics.interval.ms",
+        k.statistics_interval_ms.to_string(),
+    )];
+    if !kip848 {
+        d.extend(GROUP_DEFAULTS.iter().map(|(k, v)| (*k, v.to_string())));
+    }
+    let mut p: Vec<(&str, String)> = vec![
+        ("group.id", k.group_id.clone()),
+        // The worker commits what it stored itself (promptly after an
+        // assignment, then every engine.commit_interval_ms); exactly-once
+        // commits in the transaction.
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+        ("isolation.level", "read_committed".into()),
+    ];
+    if !cfg.engine.instance_id.trim().is_empty() {
+        p.push((
+            "group.instance.id",
+            format!("{}-w{worker}", cfg.engine.instance_id.trim()),
+        ));
+    }
+    layered(k, &format!("worker-{worker}"), &d, &p)
+}
+
+/// The change-feed consumer: every partition assigned by hand, no group
+/// commits, end-of-partition events; on `kafka.feed_bootstrap_servers` when
+/// set.
+pub fn feed_consumer_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let d = [(
+        "statistics.interval.ms",
+        k.statistics_interval_ms.to_string(),
+    )];
+    let mut p: Vec<(&str, String)> = vec![
+        ("group.id", format!("{}-feed-unused", k.group_id)),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("enable.partition.eof", "true".into()),
+        ("auto.offset.reset", "earliest".into()),
+    ];
+    if let Some(b) = &k.feed_bootstrap_servers {
+        p.push(("bootstrap.servers", b.clone()));
+    }
+    layered(k, "feed", &d, &p)
+}
+
+/// The policy watcher: the policy topic's partitions assigned by hand, no
+/// commits, end-of-partition events.
+pub fn policy_watcher_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let p: Vec<(&str, String)> = vec![
+        ("group.id", format!("{}-policy-unused", k.group_id)),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("enable.partition.eof", "true".into()),
+        ("auto.offset.reset", "earliest".into()),
+    ];
+    layered(k, "policy-watcher", &[], &p)
+}
+
+/// The policy publisher (`clearance policy publish`).
+pub fn policy_publisher_config(cfg: &Config) -> ClientConfig {
+    layered(&cfg.kafka, "policy-publisher", &[], &producer_protected())
+}
+
+/// A tool's reader of whole topics by manual assignment (the policy
+/// history, `explain`, `replay`): a group id that never joins, no commits,
+/// from the earliest offset.
+pub fn reader_config(k: &KafkaConfig, client_suffix: &str) -> ClientConfig {
+    let p: Vec<(&str, String)> = vec![
+        ("group.id", format!("{}-{client_suffix}-unused", k.group_id)),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("auto.offset.reset", "earliest".into()),
+    ];
+    layered(k, client_suffix, &[], &p)
+}
+
+/// The admin client (topic creation).
+pub fn admin_config(k: &KafkaConfig) -> ClientConfig {
+    layered(k, "admin", &[], &[])
+}
+
+/// Config validation: every protected key in `properties`, with the
+/// message to show (`kafka.properties."KEY": ...`).
+pub fn refused_properties(
+    properties: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    properties
+        .keys()
+        .filter_map(|key| {
+            protected(key).map(|p| {
+                (
+                    key.clone(),
+                    format!(
+                        "{key:?} is set by clearance and cannot be overridden: {}",
+                        p.why
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Whether a librdkafka property holds a secret (never printed or logged).
@@ -200,7 +480,7 @@ pub async fn create_topics(
     t: &TopicsConfig,
 ) -> Result<Vec<String>, KafkaBoundaryError> {
     let admin: AdminClient<DefaultClientContext> =
-        base_config(k, "admin")
+        admin_config(k)
             .create()
             .map_err(|source| KafkaBoundaryError::Client {
                 what: "admin client",
@@ -263,6 +543,120 @@ mod tests {
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("security.protocol=SASL_SSL"));
         assert!(s.contains("sasl.password=***"));
+    }
+
+    fn get<'a>(c: &'a ClientConfig, key: &str) -> Option<&'a str> {
+        c.get(key)
+    }
+
+    /// Every client of every role, with `cfg`.
+    fn every_role(cfg: &Config) -> Vec<(&'static str, ClientConfig)> {
+        vec![
+            ("admin", admin_config(&cfg.kafka)),
+            ("producer", producer_config(cfg)),
+            (
+                "transactional producer",
+                transactional_producer_config(cfg, "i", 0),
+            ),
+            ("request consumer", request_consumer_config(cfg, 0)),
+            ("feed consumer", feed_consumer_config(cfg)),
+            ("policy watcher", policy_watcher_config(cfg)),
+            ("policy publisher", policy_publisher_config(cfg)),
+        ]
+    }
+
+    #[test]
+    fn operator_properties_reach_every_client_and_win_over_defaults() {
+        let mut cfg = Config::default();
+        let props = [
+            ("security.protocol", "SASL_SSL"),
+            // Defaults clearance sets for some roles: the operator wins.
+            ("linger.ms", "42"),
+            ("compression.type", "zstd"),
+            ("message.timeout.ms", "120000"),
+            ("transaction.timeout.ms", "9000"),
+            ("session.timeout.ms", "7000"),
+            ("partition.assignment.strategy", "range"),
+            ("statistics.interval.ms", "5000"),
+        ];
+        for (k, v) in props {
+            cfg.kafka.properties.insert(k.into(), v.into());
+        }
+        for (role, c) in every_role(&cfg) {
+            for (k, v) in props {
+                assert_eq!(get(&c, k), Some(v), "{role}: {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn protected_settings_are_clearances_for_every_role() {
+        let mut cfg = Config::default();
+        cfg.engine.instance_id = "east-1".into();
+        for p in PROTECTED {
+            cfg.kafka.properties.insert(p.key.into(), "operator".into());
+        }
+        for (role, c) in every_role(&cfg) {
+            for p in PROTECTED {
+                assert_ne!(get(&c, p.key), Some("operator"), "{role}: {}", p.key);
+            }
+        }
+        let roles = every_role(&cfg);
+        let of = |r: &str| &roles.iter().find(|(n, _)| *n == r).unwrap().1;
+        let rc = of("request consumer");
+        assert_eq!(get(rc, "enable.auto.offset.store"), Some("false"));
+        assert_eq!(get(rc, "enable.auto.commit"), Some("false"));
+        assert_eq!(get(rc, "isolation.level"), Some("read_committed"));
+        assert_eq!(get(rc, "group.id"), Some("clearance"));
+        assert_eq!(get(rc, "group.instance.id"), Some("east-1-w0"));
+        assert_eq!(
+            get(of("transactional producer"), "transactional.id"),
+            Some("clearance-i-w0")
+        );
+        for r in ["feed consumer", "policy watcher"] {
+            assert_eq!(get(of(r), "enable.auto.commit"), Some("false"), "{r}");
+            assert_eq!(get(of(r), "enable.partition.eof"), Some("true"), "{r}");
+        }
+        for r in ["producer", "transactional producer", "policy publisher"] {
+            assert_eq!(get(of(r), "acks"), Some("all"), "{r}");
+            assert_eq!(get(of(r), "enable.idempotence"), Some("true"), "{r}");
+        }
+        // And config validation refuses each of them, saying why.
+        let refused = refused_properties(&cfg.kafka.properties);
+        assert_eq!(refused.len(), PROTECTED.len());
+        assert!(refused
+            .iter()
+            .any(|(k, m)| k == "enable.auto.offset.store" && m.contains("cannot be overridden")));
+    }
+
+    #[test]
+    fn group_defaults_and_static_membership() {
+        let mut cfg = Config::default();
+        let c = request_consumer_config(&cfg, 1);
+        assert_eq!(
+            get(&c, "partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(get(&c, "session.timeout.ms"), Some("6000"));
+        assert_eq!(get(&c, "heartbeat.interval.ms"), Some("1000"));
+        assert_eq!(get(&c, "max.poll.interval.ms"), Some("30000"));
+        assert_eq!(
+            get(&c, "group.instance.id"),
+            None,
+            "no stable instance id: dynamic"
+        );
+        cfg.engine.instance_id = "east-1".into();
+        let c = request_consumer_config(&cfg, 1);
+        assert_eq!(get(&c, "group.instance.id"), Some("east-1-w1"));
+        // KIP-848: the broker owns the session and the assignment.
+        cfg.kafka
+            .properties
+            .insert("group.protocol".into(), "consumer".into());
+        let c = request_consumer_config(&cfg, 1);
+        assert_eq!(get(&c, "session.timeout.ms"), None);
+        assert_eq!(get(&c, "partition.assignment.strategy"), None);
+        let t = transactional_producer_config(&Config::default(), "i", 0);
+        assert_eq!(get(&t, "transaction.timeout.ms"), Some("6000"));
     }
 
     #[test]

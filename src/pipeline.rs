@@ -37,7 +37,7 @@ use crate::event::{
     check_size, decode_request, salvage_request_id, AccessRequest, DeadLetter, Decision,
     DecisionInputs, DecodeError, Outcome, RecordVersion, SourceCoordinates, Versions,
 };
-use crate::kafka::{base_config, KafkaBoundaryError};
+use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
 use crate::policy::CompiledPolicy;
 
@@ -84,28 +84,12 @@ impl ProducerContext for DeliveryContext {
 /// Create the engine's producer: idempotent, `acks=all`, retrying
 /// transient errors without a time limit.
 pub fn create_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
-    let mut cc = producer_config(cfg, "producer");
-    cc.set("message.timeout.ms", "0");
-    cc.create_with_context(DeliveryContext)
+    crate::kafka::producer_config(cfg)
+        .create_with_context(DeliveryContext)
         .map_err(|source| KafkaBoundaryError::Client {
             what: "producer",
             source,
         })
-}
-
-/// What every engine producer shares: idempotence, `acks=all`, batching
-/// and the local queue bound.
-fn producer_config(cfg: &Config, suffix: &str) -> ClientConfig {
-    let mut cc = base_config(&cfg.kafka, suffix);
-    cc.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", cfg.engine.producer_linger_ms.to_string())
-        .set(
-            "queue.buffering.max.messages",
-            cfg.engine.producer_queue_max_messages.to_string(),
-        )
-        .set("compression.type", "lz4");
-    cc
 }
 
 /// Why sending failed.
@@ -474,6 +458,12 @@ struct WorkerContext {
     producer: EngineProducer,
     flush_timeout: Duration,
     eos: bool,
+    /// Revocations seen (exactly-once: a batch that spans a revocation is
+    /// aborted, not committed).
+    revocations: std::sync::atomic::AtomicU64,
+    /// Set on every assignment: the worker commits the first offsets it
+    /// stores promptly ([`CommitSchedule`]).
+    assigned_since_commit: AtomicBool,
 }
 
 impl ClientContext for WorkerContext {
@@ -493,7 +483,10 @@ impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                // With cooperative-sticky, `tpl` holds only the partitions
+                // that move (incremental); the others keep being decided.
                 metrics::counter!(m::REBALANCES_TOTAL, "kind" => "revoke").increment(1);
+                self.revocations.fetch_add(1, Ordering::AcqRel);
                 // At-least-once: finish what is in flight so its offsets can
                 // be committed before another member takes the partitions
                 // over. (Exactly-once commits offsets in the transaction; an
@@ -523,6 +516,7 @@ impl ConsumerContext for WorkerContext {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(parts.iter().copied());
+                self.assigned_since_commit.store(true, Ordering::Release);
                 tracing::info!(?parts, "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -536,16 +530,22 @@ impl ConsumerContext for WorkerContext {
     }
 }
 
-fn store_done(consumer: &BaseConsumer<WorkerContext>, topic: &str, tracker: &Tracker) {
+/// Store the offsets of what is delivered; returns the partitions stored.
+fn store_done(consumer: &BaseConsumer<WorkerContext>, topic: &str, tracker: &Tracker) -> Vec<i32> {
+    let mut stored = Vec::new();
     for (p, off) in tracker.take_done() {
         // rd_kafka_offset_store stores `off + 1`, the next offset to read.
         match consumer.store_offset(topic, p, off) {
-            Ok(()) => metrics::counter!(m::OFFSETS_STORED_TOTAL).increment(1),
+            Ok(()) => {
+                stored.push(p);
+                metrics::counter!(m::OFFSETS_STORED_TOTAL).increment(1)
+            }
             Err(e) => {
                 tracing::debug!(partition = p, error = %e, "offset not stored (partition revoked?)")
             }
         }
     }
+    stored
 }
 
 /// Run one worker until `shutdown`: subscribe, process, and on the way out
@@ -560,26 +560,7 @@ pub fn run_worker(
     let topic = cfg.topics.requests.clone();
     let tracker = Arc::new(Tracker::default());
     let eos = cfg.engine.delivery == DeliveryMode::ExactlyOnce;
-    let mut cc: ClientConfig = base_config(&cfg.kafka, &format!("worker-{worker}"));
-    cc.set("group.id", &cfg.kafka.group_id)
-        .set("enable.auto.commit", if eos { "false" } else { "true" })
-        .set(
-            "auto.commit.interval.ms",
-            cfg.engine.commit_interval_ms.to_string(),
-        )
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        .set(
-            "statistics.interval.ms",
-            cfg.kafka.statistics_interval_ms.to_string(),
-        );
-    // Pass-through properties last, so an operator can override the above.
-    for (k, v) in &cfg.kafka.properties {
-        cc.set(k, v);
-    }
+    let cc: ClientConfig = crate::kafka::request_consumer_config(cfg, worker);
     let consumer: BaseConsumer<WorkerContext> = cc
         .create_with_context(WorkerContext {
             topic: topic.clone(),
@@ -588,6 +569,8 @@ pub fn run_worker(
             producer: shared.producer.clone(),
             flush_timeout: Duration::from_millis(cfg.engine.shutdown_timeout_ms),
             eos,
+            revocations: Default::default(),
+            assigned_since_commit: AtomicBool::new(false),
         })
         .map_err(|source| KafkaBoundaryError::Client {
             what: "request consumer",
@@ -605,8 +588,88 @@ pub fn run_worker(
     } else {
         run_at_least_once(&shared, &consumer, &tracker, &shutdown)
     };
+    leave_group(&consumer);
     tracing::info!(worker, "worker stopped");
     result
+}
+
+/// Leave the group before the consumer closes, so that the other instances
+/// take the partitions over at once. librdkafka sends no LeaveGroup when a
+/// *static* member closes (KIP-345: `rd_kafka_cgrp_leave_maybe` skips it on
+/// termination), but it does on `unsubscribe`: so unsubscribe, and poll
+/// until the revocation (which stores and commits) has been served and the
+/// LeaveGroup sent. Bounded: a crash skips all this anyway.
+fn leave_group(consumer: &BaseConsumer<WorkerContext>) {
+    consumer.unsubscribe();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
+        if consumer
+            .assignment()
+            .map(|a| a.count() == 0)
+            .unwrap_or(true)
+        {
+            // The LeaveGroup goes out once the unassignment is done.
+            let _ = consumer.poll(Duration::from_millis(100));
+            break;
+        }
+    }
+}
+
+/// When the at-least-once worker commits the offsets it stored: at once
+/// when a partition gets its first stored offset since the last assignment
+/// (start, restart, rebalance), otherwise after 50 ms and at doubling
+/// intervals up to `engine.commit_interval_ms` (reset by every
+/// assignment). A crash re-decides what was decided since the last commit:
+/// at most about the commit interval times the rate, and about half the
+/// time since the assignment shortly after one (an instance killed again
+/// and again right after its restarts still makes progress).
+#[derive(Debug)]
+struct CommitSchedule {
+    interval: Duration,
+    gap: Duration,
+    last: Instant,
+    stored: bool,
+    /// Partitions with an offset stored since the last assignment.
+    started: BTreeSet<i32>,
+}
+
+impl CommitSchedule {
+    const FIRST_GAP: Duration = Duration::from_millis(50);
+
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            gap: Duration::ZERO,
+            last: Instant::now(),
+            stored: false,
+            started: BTreeSet::new(),
+        }
+    }
+
+    /// Partitions were assigned: commit the first offsets of each at once,
+    /// then at short intervals again.
+    fn assigned(&mut self) {
+        self.gap = Duration::ZERO;
+        self.started.clear();
+    }
+
+    /// Whether to commit now, given the partitions whose offsets were just
+    /// stored.
+    fn due(&mut self, stored: &[i32], now: Instant) -> bool {
+        let mut first = false;
+        for p in stored {
+            first |= self.started.insert(*p);
+        }
+        self.stored |= !stored.is_empty();
+        if !self.stored || (!first && now.duration_since(self.last) < self.gap) {
+            return false;
+        }
+        self.stored = false;
+        self.last = now;
+        self.gap = (self.gap * 2).clamp(Self::FIRST_GAP.min(self.interval), self.interval);
+        true
+    }
 }
 
 /// Poll one message; `Ok(None)` when there was none (or a transient error).
@@ -648,6 +711,8 @@ fn run_at_least_once(
         tracker: Some(tracker),
     };
     let mut result = Ok(());
+    let mut schedule =
+        CommitSchedule::new(Duration::from_millis(shared.cfg.engine.commit_interval_ms));
     while !shutdown.is_cancelled() {
         if let Some(f) = tracker.failure() {
             result = Err(PipelineError::Delivery(f));
@@ -668,7 +733,19 @@ fn run_at_least_once(
                 break;
             }
         }
-        store_done(consumer, topic, tracker);
+        if consumer
+            .context()
+            .assigned_since_commit
+            .swap(false, Ordering::AcqRel)
+        {
+            schedule.assigned();
+        }
+        let stored = store_done(consumer, topic, tracker);
+        if schedule.due(&stored, Instant::now()) {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                tracing::debug!(error = %e, "commit (nothing stored?)");
+            }
+        }
     }
 
     // Drain: wait for what is in flight, store its offsets, commit.
@@ -701,12 +778,7 @@ pub fn create_transactional_producer(
     instance_id: &str,
     worker: usize,
 ) -> Result<EngineProducer, KafkaBoundaryError> {
-    let mut cc = producer_config(cfg, &format!("txn-{worker}"));
-    cc.set(
-        "transactional.id",
-        format!("{}-{instance_id}-w{worker}", cfg.kafka.group_id),
-    )
-    .set("transaction.timeout.ms", "60000");
+    let cc = crate::kafka::transactional_producer_config(cfg, instance_id, worker);
     cc.create_with_context(DeliveryContext)
         .map_err(|source| KafkaBoundaryError::Client {
             what: "transactional producer",
@@ -771,6 +843,7 @@ fn run_exactly_once(
         producer
             .begin_transaction()
             .map_err(|e| txn_error("begin_transaction", e))?;
+        let revocations = consumer.context().revocations.load(Ordering::Acquire);
         // partition -> (first offset, next offset)
         let mut span: HashMap<i32, (i64, i64)> = HashMap::new();
         let opened = Instant::now();
@@ -803,6 +876,12 @@ fn run_exactly_once(
             Some(SendError::Encode(e)) => {
                 let _ = producer.abort_transaction(timeout);
                 return Err(PipelineError::Encode(e));
+            }
+            // Partitions were revoked during the batch: its offsets may no
+            // longer be this worker's to commit; abort, the kept partitions
+            // rewind and the moved ones are decided by their new owner.
+            None if consumer.context().revocations.load(Ordering::Acquire) != revocations => {
+                Err(TxnFailure::Abort(KafkaError::Canceled))
             }
             None => commit_batch(&producer, consumer, topic, &span, timeout),
         };
@@ -1116,6 +1195,38 @@ mod tests {
         t.ack(0, 5); // late ack of a revoked partition: ignored
         assert!(t.take_done().is_empty());
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn first_offsets_are_committed_at_once_then_at_growing_intervals() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut s = CommitSchedule::new(Duration::from_millis(1000));
+        s.last = t0;
+        s.assigned();
+        assert!(!s.due(&[], ms(0)), "nothing stored, nothing to commit");
+        assert!(s.due(&[0], ms(1)), "the first stored offset at once");
+        assert!(!s.due(&[0], ms(30)));
+        assert!(s.due(&[1], ms(31)), "partition 1's first: at once");
+        assert!(
+            !s.due(&[0], ms(60)),
+            "then every commit doubles the gap: 100 ms"
+        );
+        assert!(s.due(&[], ms(131)), "stored earlier, due after 100 ms");
+        assert!(!s.due(&[0], ms(150)));
+        assert!(s.due(&[], ms(331)), "then 200 ms");
+        let mut at = 331;
+        for _ in 0..6 {
+            at += 1000;
+            assert!(s.due(&[1], ms(at)));
+        }
+        assert!(!s.due(&[0], ms(at + 999)), "capped at the commit interval");
+        assert!(s.due(&[], ms(at + 1000)));
+        s.assigned();
+        assert!(
+            s.due(&[0], ms(at + 1001)),
+            "a new assignment: at once again"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::{base_config, EofAwareContext, KafkaBoundaryError};
+use crate::kafka::{EofAwareContext, KafkaBoundaryError};
 use crate::metrics as m;
 use crate::pipeline::ActivePolicy;
 use crate::policy::signing::{
@@ -185,9 +185,7 @@ pub async fn publish_with_headers(
             value: Some(*v),
         });
     }
-    let producer: FutureProducer = base_config(&cfg.kafka, "policy-publisher")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    let producer: FutureProducer = crate::kafka::policy_publisher_config(cfg)
         .create()
         .map_err(|source| KafkaBoundaryError::Client {
             what: "policy publisher",
@@ -212,18 +210,15 @@ pub async fn publish_with_headers(
 /// are listed in [`PolicyHistory::invalid`].
 pub fn read_history(cfg: &Config, timeout: Duration) -> Result<PolicyHistory, RolloutError> {
     let topic = cfg.topics.policy.clone();
-    let consumer: BaseConsumer<EofAwareContext> = base_config(&cfg.kafka, "policy-history")
-        .set("group.id", format!("{}-history-unused", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(EofAwareContext {
-            what: "policy history reader",
-        })
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "policy history reader",
-            source,
-        })?;
+    let consumer: BaseConsumer<EofAwareContext> =
+        crate::kafka::reader_config(&cfg.kafka, "policy-history")
+            .create_with_context(EofAwareContext {
+                what: "policy history reader",
+            })
+            .map_err(|source| KafkaBoundaryError::Client {
+                what: "policy history reader",
+                source,
+            })?;
     let never = CancellationToken::new();
     let partitions = crate::kafka::topic_partitions(&consumer, &topic, &never)?.unwrap_or_default();
     let mut tpl = TopicPartitionList::new();
@@ -501,11 +496,7 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RolloutError> {
     let topic = cfg.topics.policy.clone();
-    let consumer: BaseConsumer<EofAwareContext> = base_config(&cfg.kafka, "policy-watcher")
-        .set("group.id", format!("{}-policy-unused", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
+    let consumer: BaseConsumer<EofAwareContext> = crate::kafka::policy_watcher_config(cfg)
         .create_with_context(EofAwareContext {
             what: "policy watcher",
         })

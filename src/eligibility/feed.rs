@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Applied, Store};
 use crate::config::Config;
 use crate::event::{check_size, decode_eligibility, parse_eligibility_key, DecodeError};
-use crate::kafka::{base_config, KafkaBoundaryError};
+use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
 use crate::pipeline::{DeadLetterSink, Origin, Source};
 
@@ -255,19 +255,7 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> Result<(), FeedError> {
     let topic = cfg.topics.eligibility.clone();
-    let mut cc: ClientConfig = base_config(&cfg.kafka, "feed");
-    if let Some(b) = &cfg.kafka.feed_bootstrap_servers {
-        cc.set("bootstrap.servers", b);
-    }
-    cc.set("group.id", format!("{}-feed-unused", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "statistics.interval.ms",
-            cfg.kafka.statistics_interval_ms.to_string(),
-        );
+    let cc: ClientConfig = crate::kafka::feed_consumer_config(cfg);
     let consumer: BaseConsumer<FeedContext> = cc
         .create_with_context(FeedContext {
             topic: topic.clone(),

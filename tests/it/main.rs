@@ -8,6 +8,7 @@ mod deploy;
 mod domain;
 mod explain;
 mod faults;
+mod group;
 mod harness;
 mod invariants;
 mod memory;
