@@ -471,7 +471,7 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     if cfg.kafka.group_id.trim().is_empty() {
         bad("kafka.group_id", "must not be empty".into());
     }
-    for (key, message) in crate::kafka::refused_properties(&cfg.kafka.properties) {
+    for (key, message) in refused_properties(&cfg.kafka.properties) {
         bad(&format!("kafka.properties.{key}"), message);
     }
     for (name, topic) in [
@@ -555,6 +555,100 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
             bad("policy.file", format!("{} does not exist", p.display()));
         }
     }
+}
+
+// The librdkafka settings an operator cannot override (the rule itself,
+// applied to every client, is `kafka::layered`).
+
+/// A setting the engine's correctness depends on: clearance sets it (for
+/// the clients that need it) and refuses it in `kafka.properties`.
+#[derive(Debug, Clone, Copy)]
+pub struct Protected {
+    /// The librdkafka property.
+    pub key: &'static str,
+    /// Why it cannot be overridden (shown in the configuration error).
+    pub why: &'static str,
+}
+
+/// The settings an operator cannot override through `kafka.properties`
+/// (config validation refuses them, naming the reason). Every other
+/// librdkafka property is the operator's: it wins over clearance's
+/// defaults, for every client.
+pub const PROTECTED: &[Protected] = &[
+    Protected {
+        key: "bootstrap.servers",
+        why: "set it with kafka.bootstrap_servers (kafka.feed_bootstrap_servers for the change feed)",
+    },
+    Protected {
+        key: "client.id",
+        why: "set its prefix with kafka.client_id",
+    },
+    Protected {
+        key: "group.id",
+        why: "set it with kafka.group_id (the change feed and the policy watcher derive theirs)",
+    },
+    Protected {
+        key: "group.instance.id",
+        why: "derived from engine.instance_id and the worker (static membership)",
+    },
+    Protected {
+        key: "enable.auto.offset.store",
+        why: "an offset is stored only after its decision is delivered (false)",
+    },
+    Protected {
+        key: "enable.auto.commit",
+        why: "clearance commits the offsets it stored itself (at-least-once), in the transaction (exactly-once), or never (change feed, policy watcher)",
+    },
+    Protected {
+        key: "auto.offset.reset",
+        why: "earliest: a new group or a lost position must not skip requests, change-feed records or policies",
+    },
+    Protected {
+        key: "isolation.level",
+        why: "read_committed: aborted transactions are never decided",
+    },
+    Protected {
+        key: "enable.partition.eof",
+        why: "the change feed and the policy watcher detect that they caught up by it",
+    },
+    Protected {
+        key: "transactional.id",
+        why: "derived from kafka.group_id, engine.instance_id and the worker, so that a restart fences its killed predecessor",
+    },
+    Protected {
+        key: "enable.idempotence",
+        why: "decisions are produced once and in order per partition (true)",
+    },
+    Protected {
+        key: "acks",
+        why: "a delivery is confirmed only once every in-sync replica has the record (all)",
+    },
+];
+
+/// The protected setting named `key`, if it is one.
+pub fn protected(key: &str) -> Option<&'static Protected> {
+    PROTECTED.iter().find(|p| p.key == key.trim())
+}
+
+/// Config validation: every protected key in `properties`, with the
+/// message to show (`kafka.properties."KEY": ...`).
+pub fn refused_properties(
+    properties: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    properties
+        .keys()
+        .filter_map(|key| {
+            protected(key).map(|p| {
+                (
+                    key.clone(),
+                    format!(
+                        "{key:?} is set by clearance and cannot be overridden: {}",
+                        p.why
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
