@@ -36,10 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::kafka::{EofAwareContext, KafkaBoundaryError};
 use crate::metrics as m;
-use crate::pipeline::ActivePolicy;
 use crate::policy::signing::{
     PolicySigner, Rejection, TrustedKeys, KEY_ID_HEADER, SIGNATURE_HEADER,
 };
+use crate::policy::ActivePolicy;
 use crate::policy::{CompiledPolicy, PolicyError, PolicyHistory};
 
 /// Errors of publishing or watching policies.

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::event::{check_size, decode_eligibility, parse_eligibility_key, DecodeError};
 use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
-use crate::pipeline::{DeadLetterSink, Origin, Source};
+use crate::pipeline::deadletter::{DeadLetterSink, Origin, Source};
 
 /// Position and readiness of the change feed, shared with the admin API.
 #[derive(Debug, Default)]

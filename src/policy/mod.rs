@@ -8,6 +8,7 @@
 //!
 //! No I/O but reading the files it is given.
 
+pub mod active;
 mod compile;
 pub mod country;
 pub mod diff;
@@ -20,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
+pub use active::ActivePolicy;
 pub use country::CountrySet;
 pub use diff::{diff, diff_files, PolicyDiff};
 pub use history::{history_key, HistoryMiss, PolicyHistory};

@@ -13,19 +13,18 @@
 //! delivery that fails permanently stops the engine without storing the
 //! offset, so a restart decides that request again.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -34,379 +33,22 @@ use crate::config::{Config, DeliveryMode};
 use crate::decide::{decide, reason, Eligibility};
 use crate::eligibility::Store;
 use crate::event::{
-    check_size, decode_request, salvage_request_id, AccessRequest, DeadLetter, Decision,
-    DecisionInputs, DecodeError, Outcome, RecordVersion, SourceCoordinates, Versions,
+    check_size, decode_request, salvage_request_id, AccessRequest, Decision, DecisionInputs,
+    Outcome, RecordVersion, SourceCoordinates, Versions,
 };
 use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
 use crate::policy::CompiledPolicy;
+pub mod deadletter;
+pub mod producer;
+pub mod tracker;
 
-/// The engine's shared producer.
-pub type EngineProducer = ThreadedProducer<DeliveryContext>;
-
-/// What a delivery confirms: one output record of one input offset.
-#[derive(Debug)]
-pub struct Ack {
-    tracker: Option<Arc<Tracker>>,
-    partition: i32,
-    offset: i64,
-}
-
-/// Producer context: routes delivery reports to the offset trackers.
-#[derive(Debug, Default)]
-pub struct DeliveryContext;
-
-impl ClientContext for DeliveryContext {}
-
-impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Ack>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
-        metrics::gauge!(m::IN_FLIGHT_MESSAGES).decrement(1.0);
-        match result {
-            Ok(_) => {
-                if let Some(t) = &ack.tracker {
-                    t.ack(ack.partition, ack.offset);
-                }
-            }
-            Err((e, msg)) => {
-                let topic = msg.topic().to_string();
-                metrics::counter!(m::DELIVERY_FAILURES_TOTAL).increment(1);
-                tracing::error!(%topic, error = %e, "delivery failed permanently");
-                if let Some(t) = &ack.tracker {
-                    t.fail(format!("delivery to {topic} failed: {e}"));
-                }
-            }
-        }
-    }
-}
-
-/// Create the engine's producer: idempotent, `acks=all`, retrying
-/// transient errors without a time limit.
-pub fn create_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
-    crate::kafka::producer_config(cfg)
-        .create_with_context(DeliveryContext)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "producer",
-            source,
-        })
-}
-
-/// Why sending failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// Shutdown was requested while waiting for room in the queue.
-    #[error("shutdown while waiting for room in the producer queue")]
-    Shutdown,
-    /// The producer refused the record for a reason other than a full queue.
-    #[error("producer refused the record: {0}")]
-    Refused(KafkaError),
-    /// The record could not be encoded as JSON. Not retryable: the same
-    /// input would fail again, so the worker stops and the offset is not
-    /// stored (a restart decides the request again).
-    #[error("could not encode the record: {0}")]
-    Encode(String),
-}
-
-/// Enqueue a record; a full queue is backpressure: wait and retry.
-pub fn send_with_backpressure(
-    producer: &EngineProducer,
-    mut record: BaseRecord<'_, [u8], [u8], Box<Ack>>,
-    shutdown: &CancellationToken,
-) -> Result<(), SendError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => {
-                metrics::gauge!(m::IN_FLIGHT_MESSAGES).increment(1.0);
-                return Ok(());
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                metrics::counter!(m::PRODUCER_BACKPRESSURE_TOTAL).increment(1);
-                if shutdown.is_cancelled() {
-                    return Err(SendError::Shutdown);
-                }
-                record = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Err((e, _)) => return Err(SendError::Refused(e)),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Offset tracking
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Default)]
-struct PartitionTrack {
-    /// In consumption order: (offset, deliveries still awaited).
-    pending: VecDeque<(i64, u8)>,
-    /// Highest offset whose records, and all earlier ones, are delivered,
-    /// not yet stored.
-    done: Option<i64>,
-}
-
-/// Per-partition tracking of deliveries, so that an offset is stored only
-/// after its own records and those of every earlier offset are delivered.
-#[derive(Debug, Default)]
-pub struct Tracker {
-    parts: Mutex<HashMap<i32, PartitionTrack>>,
-    dirty: AtomicBool,
-    failure: Mutex<Option<String>>,
-}
-
-impl Tracker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, PartitionTrack>> {
-        self.parts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Register an offset that awaits `deliveries` confirmations.
-    pub fn begin(&self, partition: i32, offset: i64, deliveries: u8) {
-        let mut g = self.lock();
-        let t = g.entry(partition).or_default();
-        if deliveries == 0 {
-            t.pending.push_back((offset, 0));
-            Self::advance(t);
-            self.dirty.store(true, Ordering::Release);
-        } else {
-            t.pending.push_back((offset, deliveries));
-        }
-    }
-
-    /// One delivery of `offset` is confirmed.
-    pub fn ack(&self, partition: i32, offset: i64) {
-        let mut g = self.lock();
-        let Some(t) = g.get_mut(&partition) else {
-            return; // partition revoked meanwhile
-        };
-        // Offsets are pushed in increasing order.
-        let idx = match t.pending.binary_search_by_key(&offset, |e| e.0) {
-            Ok(i) => i,
-            Err(_) => return,
-        };
-        let e = &mut t.pending[idx];
-        e.1 = e.1.saturating_sub(1);
-        if idx == 0 && Self::advance(t) {
-            self.dirty.store(true, Ordering::Release);
-        }
-    }
-
-    fn advance(t: &mut PartitionTrack) -> bool {
-        let mut moved = false;
-        while let Some(&(off, 0)) = t.pending.front() {
-            t.pending.pop_front();
-            t.done = Some(off);
-            moved = true;
-        }
-        moved
-    }
-
-    /// Record a permanent delivery failure: the worker stops.
-    pub fn fail(&self, message: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert(message);
-    }
-
-    /// The first permanent failure, if any.
-    pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Offsets ready to be stored: `(partition, offset of the last done message)`.
-    pub fn take_done(&self) -> Vec<(i32, i64)> {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            return Vec::new();
-        }
-        let mut g = self.lock();
-        g.iter_mut()
-            .filter_map(|(p, t)| t.done.take().map(|o| (*p, o)))
-            .collect()
-    }
-
-    /// Forget partitions (after a revocation).
-    pub fn forget(&self, partitions: &[i32]) {
-        let mut g = self.lock();
-        for p in partitions {
-            g.remove(p);
-        }
-    }
-
-    /// Offsets registered and not yet fully delivered, across partitions.
-    pub fn pending(&self) -> usize {
-        self.lock().values().map(|t| t.pending.len()).sum()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Dead letters
-// ---------------------------------------------------------------------------
-
-/// Which input a dead letter came from (a metric label).
-#[derive(Debug, Clone, Copy)]
-pub enum Source {
-    /// `access.requests`.
-    Requests,
-    /// `eligibility.changes`.
-    Eligibility,
-}
-
-/// Where a dead-lettered record was read from.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Record key.
-    pub key: Option<&'a [u8]>,
-}
-
-/// Publishes dead-letter records.
-#[derive(Clone)]
-pub struct DeadLetterSink {
-    producer: EngineProducer,
-    topic: String,
-    max_payload_bytes: usize,
-    shutdown: CancellationToken,
-}
-
-impl DeadLetterSink {
-    /// A sink on `topic` through `producer`.
-    pub fn new(
-        producer: EngineProducer,
-        topic: String,
-        max_payload_bytes: usize,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            producer,
-            topic,
-            max_payload_bytes,
-            shutdown,
-        }
-    }
-
-    /// Build the dead-letter record for a payload.
-    pub fn record(
-        &self,
-        error: &DecodeError,
-        origin: &Origin<'_>,
-        payload: &[u8],
-        request_id: Option<String>,
-    ) -> DeadLetter {
-        let Origin {
-            topic,
-            partition,
-            offset,
-            key,
-        } = *origin;
-        use base64::Engine as _;
-        let kept = &payload[..payload.len().min(self.max_payload_bytes)];
-        DeadLetter {
-            error_kind: error.kind().to_string(),
-            error: error.to_string(),
-            source: SourceCoordinates {
-                topic: topic.to_string(),
-                partition,
-                offset,
-            },
-            key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(kept),
-            payload_size: payload.len(),
-            truncated: kept.len() < payload.len(),
-            request_id,
-            at: OffsetDateTime::now_utc(),
-        }
-    }
-
-    /// Publish a dead letter (the tracker is told on delivery, when given).
-    pub fn send(
-        &self,
-        source: Source,
-        error: &DecodeError,
-        origin: &Origin<'_>,
-        payload: &[u8],
-        tracker: Option<Arc<Tracker>>,
-    ) -> Result<(), SendError> {
-        let (topic, partition, offset) = (origin.topic, origin.partition, origin.offset);
-        let src = match source {
-            Source::Requests => "requests",
-            Source::Eligibility => "eligibility",
-        };
-        metrics::counter!(m::DEADLETTERS_TOTAL, "source" => src, "error" => error.kind())
-            .increment(1);
-        let dl = self.record(error, origin, payload, salvage_request_id(payload));
-        let body = serde_json::to_vec(&dl).map_err(|e| SendError::Encode(e.to_string()))?;
-        let dl_key = format!("{topic}/{partition}/{offset}");
-        let rec = BaseRecord::with_opaque_to(
-            &self.topic,
-            Box::new(Ack {
-                tracker,
-                partition,
-                offset,
-            }),
-        )
-        .key(dl_key.as_bytes())
-        .payload(body.as_slice());
-        send_with_backpressure(&self.producer, rec, &self.shutdown)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Workers
-// ---------------------------------------------------------------------------
-
-/// The policy in force; swapped atomically as a whole.
-#[derive(Debug)]
-pub struct ActivePolicy {
-    current: RwLock<Arc<CompiledPolicy>>,
-    /// Test hook ([`ActivePolicy::swapping_on_every_load`]): the policy the
-    /// next load swaps in.
-    #[cfg(test)]
-    swap_on_load: Option<Mutex<Arc<CompiledPolicy>>>,
-}
-
-impl ActivePolicy {
-    /// Start with `p`.
-    pub fn new(p: CompiledPolicy) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(p)),
-            #[cfg(test)]
-            swap_on_load: None,
-        }
-    }
-    /// A policy that swaps itself on every [`ActivePolicy::current`]: the
-    /// first load returns `first` and swaps in `second`, the next returns
-    /// `second` and swaps `first` back in, and so on. A rollout landing
-    /// between any two loads, made deterministic.
-    #[cfg(test)]
-    pub fn swapping_on_every_load(first: CompiledPolicy, second: CompiledPolicy) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(first)),
-            swap_on_load: Some(Mutex::new(Arc::new(second))),
-        }
-    }
-    /// The current policy.
-    pub fn current(&self) -> Arc<CompiledPolicy> {
-        let p = Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()));
-        #[cfg(test)]
-        if let Some(next) = &self.swap_on_load {
-            let mut next = next.lock().unwrap_or_else(|p| p.into_inner());
-            let upcoming = std::mem::replace(&mut *next, Arc::clone(&p));
-            *self.current.write().unwrap_or_else(|p| p.into_inner()) = upcoming;
-        }
-        p
-    }
-    /// Replace the policy.
-    pub fn swap(&self, p: CompiledPolicy) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
-    }
-}
+pub use crate::policy::ActivePolicy;
+pub use deadletter::{DeadLetterSink, Origin, Source};
+pub use producer::{
+    create_producer, send_with_backpressure, Ack, DeliveryContext, EngineProducer, SendError,
+};
+pub use tracker::Tracker;
 
 /// What every worker shares.
 pub struct Shared {
@@ -1168,36 +810,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_are_released_only_in_order() {
-        let t = Tracker::default();
-        t.begin(0, 10, 1);
-        t.begin(0, 11, 2);
-        t.begin(0, 13, 1);
-        t.ack(0, 13);
-        assert!(t.take_done().is_empty(), "13 done but 10 and 11 are not");
-        t.ack(0, 10);
-        assert_eq!(t.take_done(), vec![(0, 10)]);
-        t.ack(0, 11);
-        assert!(t.take_done().is_empty(), "11 awaits a second delivery");
-        t.ack(0, 11);
-        assert_eq!(t.take_done(), vec![(0, 13)]);
-        assert_eq!(t.pending(), 0);
-    }
-
-    #[test]
-    fn partitions_are_independent_and_forgettable() {
-        let t = Tracker::default();
-        t.begin(0, 5, 1);
-        t.begin(1, 7, 1);
-        t.ack(1, 7);
-        assert_eq!(t.take_done(), vec![(1, 7)]);
-        t.forget(&[0]);
-        t.ack(0, 5); // late ack of a revoked partition: ignored
-        assert!(t.take_done().is_empty());
-        assert_eq!(t.pending(), 0);
-    }
-
-    #[test]
     fn first_offsets_are_committed_at_once_then_at_growing_intervals() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
@@ -1227,13 +839,6 @@ mod tests {
             s.due(&[0], ms(at + 1001)),
             "a new assignment: at once again"
         );
-    }
-
-    #[test]
-    fn zero_delivery_offsets_are_done_at_once() {
-        let t = Tracker::default();
-        t.begin(2, 1, 0);
-        assert_eq!(t.take_done(), vec![(2, 1)]);
     }
 }
 

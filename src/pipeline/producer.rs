@@ -1,0 +1,113 @@
+//! The engine's producer: delivery reports routed to the offset trackers,
+//! and sending with backpressure (a full queue waits, never fails).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::kafka::KafkaBoundaryError;
+use crate::metrics as m;
+use crate::pipeline::tracker::Tracker;
+
+/// The engine's shared producer.
+pub type EngineProducer = ThreadedProducer<DeliveryContext>;
+
+/// What a delivery confirms: one output record of one input offset.
+#[derive(Debug)]
+pub struct Ack {
+    pub(crate) tracker: Option<Arc<Tracker>>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+/// Producer context: routes delivery reports to the offset trackers.
+#[derive(Debug, Default)]
+pub struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        metrics::gauge!(m::IN_FLIGHT_MESSAGES).decrement(1.0);
+        match result {
+            Ok(_) => {
+                if let Some(t) = &ack.tracker {
+                    t.ack(ack.partition, ack.offset);
+                }
+            }
+            Err((e, msg)) => {
+                let topic = msg.topic().to_string();
+                metrics::counter!(m::DELIVERY_FAILURES_TOTAL).increment(1);
+                tracing::error!(%topic, error = %e, "delivery failed permanently");
+                if let Some(t) = &ack.tracker {
+                    t.fail(format!("delivery to {topic} failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Create the engine's producer: idempotent, `acks=all`, retrying
+/// transient errors without a time limit.
+pub fn create_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
+    crate::kafka::producer_config(cfg)
+        .create_with_context(DeliveryContext)
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "producer",
+            source,
+        })
+}
+
+/// Why sending failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Shutdown was requested while waiting for room in the queue.
+    #[error("shutdown while waiting for room in the producer queue")]
+    Shutdown,
+    /// The producer refused the record for a reason other than a full queue.
+    #[error("producer refused the record: {0}")]
+    Refused(KafkaError),
+    /// The record could not be encoded as JSON. Not retryable: the same
+    /// input would fail again, so the worker stops and the offset is not
+    /// stored (a restart decides the request again).
+    #[error("could not encode the record: {0}")]
+    Encode(String),
+}
+
+/// Enqueue a record; a full queue is backpressure: wait and retry.
+pub fn send_with_backpressure(
+    producer: &EngineProducer,
+    mut record: BaseRecord<'_, [u8], [u8], Box<Ack>>,
+    shutdown: &CancellationToken,
+) -> Result<(), SendError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => {
+                metrics::gauge!(m::IN_FLIGHT_MESSAGES).increment(1.0);
+                return Ok(());
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                metrics::counter!(m::PRODUCER_BACKPRESSURE_TOTAL).increment(1);
+                if shutdown.is_cancelled() {
+                    return Err(SendError::Shutdown);
+                }
+                record = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(SendError::Refused(e)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Offset tracking
+// ---------------------------------------------------------------------------
