@@ -22,6 +22,7 @@
 //!   `/status`).
 //! - [`metrics`]: every metric name, in one place.
 //! - [`config`]: the typed, layered configuration.
+//! - [`security`]: the least-privilege ACLs of each principal.
 //! - [`rollout`]: policy publishing, and the watcher that swaps a newly
 //!   published policy in (or schedules, supersedes, or rejects it), by the
 //!   pure [`rollout::Timeline`].
@@ -48,5 +49,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod rollout;
+pub mod security;
 mod shape;
 pub mod vocab;
