@@ -74,9 +74,10 @@ pub struct EngineState {
 
 impl EngineState {
     /// Ready to decide: the eligibility feed and the policy topic have both
-    /// caught up with their startup ends.
+    /// caught up with their startup ends, and no Kafka client has an
+    /// authentication or TLS failure outstanding ([`kafka::auth_failure`]).
     pub fn is_ready(&self) -> bool {
-        self.feed.is_ready() && self.rollout.is_ready()
+        self.feed.is_ready() && self.rollout.is_ready() && kafka::auth_failure().is_none()
     }
 }
 
@@ -103,6 +104,7 @@ impl StatusSource for EngineState {
             },
             "feed": self.feed.positions(),
             "snapshot": self.snapshot,
+            "kafka_auth_failure": kafka::auth_failure().map(|f| f.to_string()),
             "assigned_partitions": *self.assigned.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }
@@ -222,11 +224,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
     tracing::info!(policy_id = %policy.id, policy_version = %policy.version, "policy loaded");
     metrics::gauge!(m::POLICY_INFO, "policy_id" => policy.id.clone(), "policy_version" => policy.version.clone()).set(1.0);
     metrics::gauge!(m::READY).set(0.0);
+    kafka::reset_auth_failures();
 
+    // The producer first: its client reports an authentication or TLS
+    // failure at once (it connects to fetch its producer id), which stops
+    // the startup below.
+    let producer = pipeline::create_producer(&cfg)?;
     if cfg.topics.create_missing {
         let mut attempt = 0;
         loop {
-            match kafka::create_topics(&cfg.kafka, &cfg.topics).await {
+            let created = tokio::select! {
+                r = kafka::create_topics(&cfg.kafka, &cfg.topics) => r,
+                e = kafka::auth_failed() => Err(e),
+            };
+            match created {
                 Ok(created) => {
                     if !created.is_empty() {
                         tracing::info!(?created, "created topics");
@@ -246,7 +257,6 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         }
     }
 
-    let producer = pipeline::create_producer(&cfg)?;
     let deadletters = DeadLetterSink::new(
         producer.clone(),
         cfg.topics.deadletter.clone(),
@@ -391,6 +401,7 @@ async fn supervise(
                         Err(e) => EngineError::Task(e.to_string()),
                     });
                 }
+                e = kafka::auth_failed() => Err(EngineError::Kafka(e)),
                 _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
             }
         };

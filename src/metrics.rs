@@ -74,6 +74,12 @@ pub const SNAPSHOT_LOADS_TOTAL: &str = "clearance_snapshot_loads_total";
 /// Gauge: seconds the last eligibility snapshot write took.
 pub const SNAPSHOT_WRITE_SECONDS: &str = "clearance_snapshot_write_seconds";
 
+/// Counter: authentication or TLS failures Kafka clients reported, by
+/// `client` and `kind` (`authentication`, `certificate`, `tls`). Fatal at
+/// startup; afterwards the engine is unready until a broker connection
+/// authenticates again.
+pub const KAFKA_AUTH_FAILURES_TOTAL: &str = "clearance_kafka_auth_failures_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the Prometheus recorder (once per process) and describe every
@@ -176,6 +182,10 @@ fn describe() {
     describe_counter!(
         SNAPSHOT_LOADS_TOTAL,
         "Eligibility snapshots at startup, by outcome."
+    );
+    describe_counter!(
+        KAFKA_AUTH_FAILURES_TOTAL,
+        "Kafka authentication or TLS failures, by client and kind."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

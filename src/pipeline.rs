@@ -56,7 +56,12 @@ pub struct Ack {
 #[derive(Debug, Default)]
 pub struct DeliveryContext;
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::report_client_error("producer", &error, reason);
+        tracing::warn!(error = %error, reason, "producer client error");
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;
@@ -475,6 +480,11 @@ struct WorkerContext {
 }
 
 impl ClientContext for WorkerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::report_client_error("request consumer", &error, reason);
+        tracing::warn!(error = %error, reason, "request consumer client error");
+    }
+
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
             for (p, ps) in &t.partitions {
