@@ -11,6 +11,7 @@ mod pipeline;
 mod policy;
 mod process;
 mod schemas;
+mod security;
 mod signing;
 mod tombstones;
 mod tools;
