@@ -269,6 +269,7 @@ fn run_clearance(args: &[&str], env: &[(&str, &str)], limit: Duration) -> ChildR
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
+        .env_remove("CLEARANCE_TEST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -536,6 +537,7 @@ fn wrong_password_and_untrusted_ca_fail_fast_at_startup() {
                 .filter(|l| l.starts_with("error:"))
                 .collect();
             assert_eq!(errors.len(), 1, "{what}: one error line:\n{}", out.stderr);
+            eprintln!("{what}: {}", errors[0]);
             assert!(
                 errors[0].to_lowercase().contains(cause),
                 "{what}: the error names the cause ({cause}): {}",
