@@ -316,8 +316,9 @@ fn write_config(cfg: &Config, name: &str) -> PathBuf {
 }
 
 /// The engine decides over SASL_SSL with nothing but its own ACLs: the
-/// feeder seeds the subjects, a frontend sends the requests, an admin reads
-/// the decisions, and every outcome is the expected one.
+/// feeder seeds the subjects (`clearance loadgen --seed-only`), a frontend
+/// sends the requests, an admin reads the decisions, and every outcome is
+/// the expected one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_decides_over_sasl_ssl_with_least_privilege() {
     let b = tokio::task::block_in_place(SecureBroker::get);
@@ -325,9 +326,32 @@ async fn engine_decides_over_sasl_ssl_with_least_privilege() {
     let admin = b.client("admin");
     let (h, stop) = start_engine(&cfg).await;
 
-    let subjects: Vec<_> = (0..30).map(|i| loadgen::subject("sec", i)).collect();
-    let feeder = loadgen::data_producer_for(&b.client("feeder")).expect("feeder producer");
-    seed(&feeder, &cfg, &subjects);
+    // The feeder seeds the subjects with `clearance loadgen --seed-only`
+    // (over SASL_SSL, from its config file).
+    let feeder_cfg = write_config(&b.config("decide", "feeder"), "feeder");
+    let out = tokio::task::block_in_place(|| {
+        run_clearance(
+            &[
+                "loadgen",
+                "--config",
+                &feeder_cfg.to_string_lossy(),
+                "--seed-only",
+                "--run-id",
+                "secl",
+                "--subjects",
+                "30",
+            ],
+            &[],
+            Duration::from_secs(60),
+        )
+    });
+    assert_eq!(
+        out.code,
+        Some(0),
+        "loadgen --seed-only as feeder: {}",
+        out.stderr
+    );
+    let subjects: Vec<_> = (0..30).map(|i| loadgen::subject("secl-", i)).collect();
     let targets =
         loadgen::high_watermarks_for(&admin, &cfg.topics.eligibility).expect("watermarks");
     loadgen::wait_for_feed(h.admin_addr, &targets, Duration::from_secs(120))
