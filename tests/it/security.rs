@@ -233,6 +233,16 @@ impl SecureBroker {
     fn d(&self) -> String {
         self.dir.to_string_lossy().to_string()
     }
+
+    /// A directory of mode 0700 for the tests' config files (they hold
+    /// passwords); it goes with the broker's state directory.
+    fn configs(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.dir.join("configs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
 }
 
 /// A consumer of every partition of `topic` from the beginning, as the
@@ -307,11 +317,21 @@ fn run_clearance(args: &[&str], env: &[(&str, &str)], limit: Duration) -> ChildR
     }
 }
 
+/// Write `cfg` (passwords included) to a file of mode 0600 in the
+/// broker's state directory, which goes with the broker.
 fn write_config(cfg: &Config, name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("clearance-secure-cfg"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = SecureBroker::get().configs();
+    let path = dir.join(format!("{}.toml", unique(name)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    f.write_all(toml::to_string(cfg).unwrap().as_bytes())
+        .unwrap();
     path
 }
 
@@ -585,8 +605,7 @@ fn wrong_password_and_untrusted_ca_fail_fast_at_startup() {
 async fn a_credential_revoked_while_running_makes_the_engine_unready() {
     let b = tokio::task::block_in_place(SecureBroker::get);
     let cfg = b.config("revoke", REVOCABLE);
-    let dir = std::env::temp_dir().join(unique("clearance-revoke"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = b.configs();
     let (_child, admin_addr) = spawn_engine_with_admin(&cfg, &dir, "revoke");
     let wait_readyz = |want: u16, within: Duration| async move {
         let deadline = Instant::now() + within;
@@ -644,5 +663,4 @@ async fn a_credential_revoked_while_running_makes_the_engine_unready() {
         wait_readyz(200, Duration::from_secs(90)).await,
         "the engine got ready again once its credential was restored"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
