@@ -80,9 +80,14 @@ pub struct EngineState {
 
 impl EngineState {
     /// Ready to decide: the eligibility feed and the policy topic have both
-    /// caught up with their startup ends, and no task has failed.
+    /// caught up with their startup ends, no task has failed, and no Kafka
+    /// client has an authentication or TLS failure outstanding
+    /// ([`kafka::auth_failure`]).
     pub fn is_ready(&self) -> bool {
-        self.is_healthy() && self.feed.is_ready() && self.rollout.is_ready()
+        self.is_healthy()
+            && self.feed.is_ready()
+            && self.rollout.is_ready()
+            && kafka::auth_failure().is_none()
     }
 
     /// Healthy: neither the change feed nor the policy watcher has died.
@@ -138,6 +143,7 @@ impl StatusSource for EngineState {
             },
             "feed": self.feed.positions(),
             "snapshot": self.snapshot,
+            "kafka_auth_failure": kafka::auth_failure().map(|f| f.to_string()),
             "assigned_partitions": *self.assigned.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }
@@ -333,11 +339,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
     }
     metrics::gauge!(m::POLICY_INFO, "policy_id" => policy.id.clone(), "policy_version" => policy.version.clone()).set(1.0);
     metrics::gauge!(m::READY).set(0.0);
+    kafka::reset_auth_failures();
 
+    // The producer first: its client reports an authentication or TLS
+    // failure at once (it connects to fetch its producer id), which stops
+    // the startup below.
+    let producer = pipeline::create_producer(&cfg)?;
     if cfg.topics.create_missing {
         let mut attempt = 0;
         loop {
-            match kafka::create_topics(&cfg.kafka, &cfg.topics).await {
+            let created = tokio::select! {
+                r = kafka::create_topics(&cfg.kafka, &cfg.topics) => r,
+                e = kafka::auth_failed() => Err(e),
+            };
+            match created {
                 Ok(created) => {
                     if !created.is_empty() {
                         tracing::info!(?created, "created topics");
@@ -357,7 +372,6 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         }
     }
 
-    let producer = pipeline::create_producer(&cfg)?;
     let deadletters = DeadLetterSink::new(
         producer.clone(),
         cfg.topics.deadletter.clone(),
@@ -523,6 +537,7 @@ async fn supervise(
                     let _ = feed_task.await;
                     return task_exit(&state, &shutdown, Task::PolicyWatcher, r).map_or(Ok(()), Err);
                 }
+                e = kafka::auth_failed() => Err(EngineError::Kafka(e)),
                 _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
             }
         };

@@ -48,6 +48,10 @@ pub enum KafkaBoundaryError {
         /// The cause.
         source: KafkaError,
     },
+    /// The brokers refused the credentials, or the TLS handshake failed
+    /// (see [`AuthFailure`]). Fatal at startup.
+    #[error("{0}")]
+    Auth(AuthFailure),
 }
 
 impl KafkaBoundaryError {
@@ -57,6 +61,7 @@ impl KafkaBoundaryError {
             KafkaBoundaryError::Client { .. } => RetryHint::Fatal,
             KafkaBoundaryError::Topic { hint, .. } => *hint,
             KafkaBoundaryError::Metadata { .. } => RetryHint::Retryable,
+            KafkaBoundaryError::Auth(_) => RetryHint::Fatal,
         }
     }
 }
@@ -308,7 +313,8 @@ pub const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(10);
 
 /// The partitions of `topic`, retried while the brokers are unreachable.
 /// `Ok(None)` when `shutdown` is cancelled meanwhile; an error when the
-/// topic does not exist.
+/// topic does not exist, or when a client reported an authentication or
+/// TLS failure ([`auth_failure`]).
 pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
     topic: &str,
@@ -346,6 +352,9 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
             Err(e) => {
                 if shutdown.is_cancelled() {
                     return Ok(None);
+                }
+                if let Some(f) = auth_failure() {
+                    return Err(KafkaBoundaryError::Auth(f));
                 }
                 tracing::warn!(%topic, error = %e, "metadata not available yet; retrying");
                 std::thread::sleep(Duration::from_millis(500));
@@ -592,9 +601,191 @@ impl rdkafka::ClientContext for EofAwareContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-            e => tracing::warn!(client = self.what, error = %e, reason, "kafka client error"),
+            e => {
+                report_client_error(self.what, &e, reason);
+                tracing::warn!(client = self.what, error = %e, reason, "kafka client error")
+            }
         }
     }
 }
 
 impl rdkafka::consumer::ConsumerContext for EofAwareContext {}
+
+/// What kind of failure a client reported in [`AuthFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailureKind {
+    /// SASL: the brokers refused the credentials (wrong password, unknown
+    /// or deleted user, wrong mechanism).
+    Authentication,
+    /// TLS: the brokers' certificate could not be verified against
+    /// `ssl.ca.location` (or the host name did not match).
+    CertificateVerify,
+    /// Another TLS handshake failure.
+    Tls,
+}
+
+impl AuthFailureKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailureKind::Authentication => "authentication",
+            AuthFailureKind::CertificateVerify => "certificate",
+            AuthFailureKind::Tls => "tls",
+        }
+    }
+}
+
+/// An authentication or TLS failure a Kafka client reported through its
+/// error callback. Its message never holds a secret: librdkafka's reason
+/// names the broker, the mechanism and the state, not the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// What failed.
+    pub kind: AuthFailureKind,
+    /// The client that saw it first (`producer`, `change feed`, ...).
+    pub client: &'static str,
+    /// librdkafka's reason.
+    pub reason: String,
+    /// When it was last reported.
+    pub at: std::time::Instant,
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            AuthFailureKind::Authentication => {
+                "Kafka authentication failed (check sasl.username, sasl.password and sasl.mechanism)"
+            }
+            AuthFailureKind::CertificateVerify => {
+                "Kafka TLS certificate verify failed (check ssl.ca.location and the brokers' host names)"
+            }
+            AuthFailureKind::Tls => "Kafka TLS handshake failed (check security.protocol and ssl.*)",
+        };
+        write!(f, "{what}; {} client: {}", self.client, self.reason)
+    }
+}
+
+/// The last authentication or TLS failure any client of this process
+/// reported, until [`auth_recovered`] or [`reset_auth_failures`]. Process
+/// wide: the clients of one engine share one set of credentials, and
+/// `clearance run` runs one engine per process.
+static AUTH_FAILURE: std::sync::Mutex<Option<AuthFailure>> = std::sync::Mutex::new(None);
+
+fn auth_slot() -> std::sync::MutexGuard<'static, Option<AuthFailure>> {
+    AUTH_FAILURE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Classify a client error: an authentication or TLS failure is recorded
+/// (see [`auth_failure`]), counted in
+/// `clearance_kafka_auth_failures_total{client,kind}` and returned.
+/// Every other error is left to the caller (librdkafka retries it).
+pub fn report_client_error(
+    client: &'static str,
+    error: &KafkaError,
+    reason: &str,
+) -> Option<AuthFailureKind> {
+    let code = match error {
+        KafkaError::Global(code) => *code,
+        _ => return None,
+    };
+    let kind = match code {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            AuthFailureKind::Authentication
+        }
+        RDKafkaErrorCode::SSL if reason.contains("certificate verify failed") => {
+            AuthFailureKind::CertificateVerify
+        }
+        RDKafkaErrorCode::SSL => AuthFailureKind::Tls,
+        _ => return None,
+    };
+    metrics::counter!(crate::metrics::KAFKA_AUTH_FAILURES_TOTAL, "client" => client, "kind" => kind.label())
+        .increment(1);
+    let mut slot = auth_slot();
+    match slot.as_mut() {
+        Some(f) if f.kind == kind => f.at = std::time::Instant::now(),
+        _ => {
+            *slot = Some(AuthFailure {
+                kind,
+                client,
+                reason: reason.to_string(),
+                at: std::time::Instant::now(),
+            })
+        }
+    }
+    Some(kind)
+}
+
+/// The recorded authentication or TLS failure, if any: fatal at startup,
+/// unready afterwards.
+pub fn auth_failure() -> Option<AuthFailure> {
+    auth_slot().clone()
+}
+
+/// Forget a recorded failure once a client shows an authenticated broker
+/// connection (a broker `UP` in its statistics) at least `quiet` after the
+/// failure was last reported.
+pub fn auth_recovered(quiet: Duration) {
+    let mut slot = auth_slot();
+    if slot.as_ref().is_some_and(|f| f.at.elapsed() >= quiet) {
+        tracing::info!("kafka authentication works again");
+        *slot = None;
+    }
+}
+
+/// Forget any recorded failure (an engine starting).
+pub fn reset_auth_failures() {
+    *auth_slot() = None;
+}
+
+/// Resolves with the error once a failure is recorded (checked every 100 ms).
+pub async fn auth_failed() -> KafkaBoundaryError {
+    loop {
+        if let Some(f) = auth_failure() {
+            return KafkaBoundaryError::Auth(f);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+
+    #[test]
+    fn authentication_and_certificate_failures_are_classified() {
+        let sasl = "SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512";
+        assert_eq!(
+            report_client_error(
+                "test",
+                &KafkaError::Global(RDKafkaErrorCode::Authentication),
+                sasl
+            ),
+            Some(AuthFailureKind::Authentication)
+        );
+        let f = auth_failure().expect("recorded");
+        assert!(f.to_string().contains("authentication failed"), "{f}");
+        reset_auth_failures();
+        let tls = "ssl://127.0.0.1:1/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed";
+        assert_eq!(
+            report_client_error("test", &KafkaError::Global(RDKafkaErrorCode::SSL), tls),
+            Some(AuthFailureKind::CertificateVerify)
+        );
+        assert!(auth_failure()
+            .unwrap()
+            .to_string()
+            .contains("certificate verify failed"));
+        auth_recovered(Duration::from_secs(3600));
+        assert!(auth_failure().is_some(), "too soon to forget it");
+        auth_recovered(Duration::ZERO);
+        assert!(auth_failure().is_none());
+        assert_eq!(
+            report_client_error(
+                "test",
+                &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+                "down"
+            ),
+            None
+        );
+        assert!(auth_failure().is_none());
+    }
+}

@@ -23,6 +23,7 @@
 //! - [`metrics`]: every metric name, in one place.
 //! - [`config`]: the typed, layered configuration; [`config_docs`]: its
 //!   operator reference (`docs/configuration.md`), generated from the types.
+//! - [`security`]: the least-privilege ACLs of each principal.
 //! - [`rollout`]: policy publishing, and the watcher that swaps a newly
 //!   published policy in (or schedules, supersedes, or rejects it), by the
 //!   pure [`rollout::Timeline`].
@@ -57,6 +58,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod replay;
 pub mod rollout;
+pub mod security;
 pub mod shadow;
 mod shape;
 pub mod vocab;

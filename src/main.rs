@@ -104,6 +104,26 @@ enum Command {
     },
     /// Check a configuration: print the effective values, or every error.
     Config(ConfigArgs),
+    /// Print the least-privilege ACLs of the engine, a frontend, the policy
+    /// publisher and the change-feed producer for this configuration's
+    /// topics and group, one per line (`scripts/kafka acls` reads them; see
+    /// docs/security.md).
+    Acls {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// SCRAM user of the engine.
+        #[arg(long, default_value = "engine")]
+        engine_user: String,
+        /// SCRAM user of a frontend (sends requests).
+        #[arg(long, default_value = "frontend")]
+        frontend_user: String,
+        /// SCRAM user of the policy publisher.
+        #[arg(long, default_value = "publisher")]
+        publisher_user: String,
+        /// SCRAM user of the change-feed producer.
+        #[arg(long, default_value = "feeder")]
+        feeder_user: String,
+    },
     /// Policy tools: check, test, diff, publish.
     Policy {
         #[command(subcommand)]
@@ -769,6 +789,25 @@ async fn cli_main() -> Result<ExitCode> {
                 }
             }
             print!("{}", toml::to_string_pretty(&cfg)?);
+        }
+        Command::Acls {
+            config,
+            engine_user,
+            frontend_user,
+            publisher_user,
+            feeder_user,
+        } => {
+            let cfg = config.load()?;
+            let principals = clearance::security::Principals {
+                engine: engine_user,
+                frontend: frontend_user,
+                publisher: publisher_user,
+                feeder: feeder_user,
+            };
+            println!("# PRINCIPAL RESOURCE PATTERN NAME OPERATION (ALLOW, any host)");
+            for acl in clearance::security::acl_plan(&cfg, &principals) {
+                println!("{acl}");
+            }
         }
         Command::Policy { command } => policy_command(command).await?,
         Command::Explain {

@@ -86,6 +86,12 @@ pub const TASK_UP: &str = "clearance_task_up";
 /// (`change_feed`, `policy_watcher`). Each stops the engine.
 pub const TASK_FAILURES_TOTAL: &str = "clearance_task_failures_total";
 
+/// Counter: authentication or TLS failures Kafka clients reported, by
+/// `client` and `kind` (`authentication`, `certificate`, `tls`). Fatal at
+/// startup; afterwards the engine is unready until a broker connection
+/// authenticates again.
+pub const KAFKA_AUTH_FAILURES_TOTAL: &str = "clearance_kafka_auth_failures_total";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// How often the recorder's upkeep runs. The recorder keeps every
@@ -227,6 +233,10 @@ fn describe() {
     describe_counter!(
         SNAPSHOT_LOADS_TOTAL,
         "Eligibility snapshots at startup, by outcome."
+    );
+    describe_counter!(
+        KAFKA_AUTH_FAILURES_TOTAL,
+        "Kafka authentication or TLS failures, by client and kind."
     );
     describe_gauge!(
         TASK_UP,

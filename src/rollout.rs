@@ -54,6 +54,12 @@ pub enum RolloutError {
     /// Publishing failed (retryable: the broker may be down).
     #[error("publishing failed: {0}")]
     Publish(KafkaError),
+    /// The principal may not write to the policy topic (its ACLs).
+    #[error("publishing failed: not authorized to write to topic {topic} (Kafka: topic authorization failed; the policy topic's ACLs allow only the policy publisher)")]
+    NotAuthorized {
+        /// The policy topic.
+        topic: String,
+    },
     /// `policy.trusted_keys` holds a key that cannot be read.
     #[error("policy.trusted_keys: {0}")]
     TrustedKeys(String),
@@ -185,22 +191,34 @@ pub async fn publish_with_headers(
             value: Some(*v),
         });
     }
-    let producer: FutureProducer = crate::kafka::policy_publisher_config(cfg)
-        .create()
+    // Its error callback records an authentication or TLS failure, which
+    // ends the wait for the delivery at once.
+    let producer: FutureProducer<EofAwareContext> = crate::kafka::policy_publisher_config(cfg)
+        .create_with_context(EofAwareContext {
+            what: "policy publisher",
+        })
         .map_err(|source| KafkaBoundaryError::Client {
             what: "policy publisher",
             source,
         })?;
-    let delivery = producer
-        .send(
-            FutureRecord::to(&cfg.topics.policy)
-                .key(key)
-                .payload(bytes)
-                .headers(h),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| RolloutError::Publish(e))?;
+    let send = producer.send(
+        FutureRecord::to(&cfg.topics.policy)
+            .key(key)
+            .payload(bytes)
+            .headers(h),
+        Duration::from_secs(30),
+    );
+    let delivery = tokio::select! {
+        r = send => r.map_err(|(e, _)| match e {
+            KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed,
+            ) => RolloutError::NotAuthorized {
+                topic: cfg.topics.policy.clone(),
+            },
+            e => RolloutError::Publish(e),
+        })?,
+        e = crate::kafka::auth_failed() => return Err(e.into()),
+    };
     Ok((delivery.partition, delivery.offset))
 }
 

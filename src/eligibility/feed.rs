@@ -199,7 +199,10 @@ impl ClientContext for FeedContext {
             // End of a partition is progress, not an error.
             KafkaError::PartitionEOF(p) => self.state.eof(p),
             KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-            e => tracing::warn!(error = %e, reason, "change feed client error"),
+            e => {
+                crate::kafka::report_client_error("change feed", &e, reason);
+                tracing::warn!(error = %e, reason, "change feed client error")
+            }
         }
     }
 
@@ -216,6 +219,11 @@ impl ClientContext for FeedContext {
             .filter(|b| b.nodeid >= 0 && b.state == "UP")
             .map(|b| b.nodeid)
             .collect();
+        if !up.is_empty() {
+            // An authenticated connection: a recorded authentication
+            // failure older than a few statistics intervals is over.
+            crate::kafka::auth_recovered(Duration::from_secs(3));
+        }
         let mut g = self.state.lock();
         if let Some(t) = stats.topics.get(&self.topic) {
             for (p, ps) in &t.partitions {

@@ -109,6 +109,11 @@ struct WorkerContext {
 }
 
 impl ClientContext for WorkerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::report_client_error("request consumer", &error, reason);
+        tracing::warn!(error = %error, reason, "request consumer client error");
+    }
+
     fn stats(&self, stats: Statistics) {
         if let Some(t) = stats.topics.get(&self.topic) {
             for (p, ps) in &t.partitions {

@@ -31,7 +31,12 @@ pub struct Ack {
 #[derive(Debug, Default)]
 pub struct DeliveryContext;
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::report_client_error("producer", &error, reason);
+        tracing::warn!(error = %error, reason, "producer client error");
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;

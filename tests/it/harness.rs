@@ -357,6 +357,9 @@ pub fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> EnginePr
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
+            // CLEARANCE_TEST_LOG is for the test process: a child would
+            // read it as a configuration variable, and refuse it.
+            .env_remove("CLEARANCE_TEST_LOG")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())

@@ -18,6 +18,7 @@ mod policy;
 mod process;
 mod replay;
 mod schemas;
+mod security;
 mod shadow;
 mod signing;
 mod tombstones;
