@@ -3,15 +3,20 @@
 //! typed errors.
 //!
 //! All types ignore unknown fields (forward compatibility). The JSON Schemas
-//! in `schemas/` describe the same documents; tests check that they agree.
+//! in `schemas/` are generated from these types ([`crate::schema`]: the
+//! `JsonSchema` derives and their `#[schemars(...)]` attributes); tests
+//! check that the checked-in files are the generated ones, and that they
+//! agree with serde and the decoders.
 //!
 //! This module does no I/O.
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::schema::{self, CountryCode as Country, Date, DateTime};
 use crate::shape::{objects, opt_object, MapOnly, ObjectOnly};
 
 /// An ISO 3166-1 alpha-2 country code, upper case (`"US"`, `"CN"`).
@@ -24,20 +29,30 @@ pub type CountryCode = String;
 /// A request to use a model, as published by an API frontend on
 /// `access.requests`. The record key is the subject id (so one subject's
 /// requests stay in order); the value is this document as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AccessRequest {
-    /// Unique id of the request, chosen by the frontend.
+    /// Unique id of the request, chosen by the frontend. The engine decides
+    /// every record and does not deduplicate: a `request_id` produced twice
+    /// gets two decisions, one per record, which may differ (each is decided
+    /// with the data and policy of its own moment). Retry with the same
+    /// `request_id` and `event_time`, and take the latest decision for the
+    /// id.
+    #[schemars(length(min = 1))]
     pub request_id: String,
     /// When the frontend received the request (RFC 3339). The policy is
     /// evaluated "as of" this instant, which keeps decisions replayable.
+    /// The engine rejects years outside 2000..=2200.
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "DateTime")]
     pub event_time: OffsetDateTime,
     /// The user making the request.
+    #[schemars(length(min = 1))]
     pub subject_id: String,
     /// The organization the user acts for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_id: Option<String>,
     /// The model id requested (`"fable-5"`).
+    #[schemars(length(min = 1))]
     pub model: String,
     /// Where the request comes from, as far as the frontend could tell.
     #[serde(
@@ -49,19 +64,22 @@ pub struct AccessRequest {
 }
 
 /// The geolocation of a request.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Geolocation {
     /// Country of the request's origin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Country>")]
     pub country: Option<CountryCode>,
     /// ISO 3166-2 subdivision (`"UA-43"` for Crimea).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Z]{2}-[A-Z0-9]{1,3}$"))]
     pub subdivision: Option<String>,
     /// Postal code, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postal_code: Option<String>,
     /// Confidence of the geolocation, 0.0 to 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
     pub confidence: Option<f64>,
     /// The address belongs to a known VPN.
     #[serde(default)]
@@ -75,14 +93,18 @@ pub struct Geolocation {
 // Eligibility records (change feed)
 // ---------------------------------------------------------------------------
 
-/// A record of the compacted `eligibility.changes` topic. The key is
-/// `user:<id>` or `organization:<id>`; a null value is a tombstone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A value of the compacted `eligibility.changes` topic: a user or an
+/// organization, told apart by `kind`. The record key is `user:<id>` or
+/// `organization:<id>` and must match the document's kind and id. A null
+/// Kafka value (no document at all) is a tombstone: it deletes the key's
+/// record. Per key, a record with an older `version` never replaces a newer
+/// one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EligibilityRecord {
-    /// A user (subject).
+    /// A user (subject): `kind` `"user"`, keyed `user:<id>`.
     User(UserRecord),
-    /// An organization.
+    /// An organization: `kind` `"organization"`, keyed `organization:<id>`.
     Organization(OrgRecord),
 }
 
@@ -105,7 +127,7 @@ impl EligibilityRecord {
 }
 
 /// U.S. person status (deemed-export rule, 15 CFR 734.13 and 8 U.S.C. 1324b).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UsPersonStatus {
     /// U.S. citizen.
@@ -133,17 +155,19 @@ impl UsPersonStatus {
 }
 
 /// A citizenship, with the date it was acquired.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Citizenship {
     /// Country of citizenship.
+    #[schemars(with = "Country")]
     pub country: CountryCode,
     /// When it was acquired (`YYYY-MM-DD`), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Date>")]
     pub acquired_on: Option<String>,
 }
 
 /// Status of a permanent residency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResidencyStatus {
     /// Granted.
@@ -155,19 +179,21 @@ pub enum ResidencyStatus {
 }
 
 /// A permanent residency (in any country, including the U.S.).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PermanentResidency {
     /// Country of residency.
+    #[schemars(with = "Country")]
     pub country: CountryCode,
     /// Status of the residency.
     pub status: ResidencyStatus,
     /// When it was granted (`YYYY-MM-DD`), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Date>")]
     pub acquired_on: Option<String>,
 }
 
 /// Relationship of a user to their organization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Relationship {
     /// Employee.
@@ -181,7 +207,7 @@ pub enum Relationship {
 }
 
 /// Identity verification status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VerificationStatus {
     /// Verified and (unless `expires_at` has passed) current.
@@ -195,7 +221,7 @@ pub enum VerificationStatus {
 }
 
 /// Identity verification of a user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Verification {
     /// Status.
     pub status: VerificationStatus,
@@ -205,6 +231,7 @@ pub struct Verification {
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<DateTime>")]
     pub verified_at: Option<OffsetDateTime>,
     /// When the verification stops being valid.
     #[serde(
@@ -212,14 +239,17 @@ pub struct Verification {
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<DateTime>")]
     pub expires_at: Option<OffsetDateTime>,
 }
 
 /// A revocation of a subject's access, published by the compliance team.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// It takes effect on arrival.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Revocation {
     /// When the access was revoked.
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "DateTime")]
     pub revoked_at: OffsetDateTime,
     /// Free-text reason, for the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,9 +257,10 @@ pub struct Revocation {
 }
 
 /// The eligibility data of one user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UserRecord {
     /// User id (the request's `subject_id`).
+    #[schemars(length(min = 1))]
     pub id: String,
     /// Per-key version; an older version never replaces a newer one.
     pub version: u64,
@@ -239,6 +270,7 @@ pub struct UserRecord {
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<DateTime>")]
     pub updated_at: Option<OffsetDateTime>,
     /// U.S. person status.
     pub us_person_status: UsPersonStatus,
@@ -271,7 +303,7 @@ pub struct UserRecord {
 }
 
 /// What kind of party an owner is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerKind {
     /// An organization: its own record (`organization:<id>`) is followed
@@ -282,7 +314,7 @@ pub enum OwnerKind {
 }
 
 /// A direct owner of an organization, with its share.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Owner {
     /// Owner id: an organization id (the key of its own record) or a person.
     pub id: String,
@@ -294,15 +326,17 @@ pub struct Owner {
     /// Where the owner is headquartered (or of which country a person is).
     /// The owner's own record, when followed, takes precedence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Country>")]
     pub headquarters: Option<CountryCode>,
     /// Direct share of ownership, in percent (0–100). Indirect ownership is
     /// computed by following owner records (OFAC's 50% rule), not entered
     /// here.
+    #[schemars(range(min = 0, max = 100))]
     pub percent: f64,
 }
 
 /// Status of a restricted-party screening hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ScreeningStatus {
     /// Confirmed: the party is listed.
@@ -314,9 +348,10 @@ pub enum ScreeningStatus {
 }
 
 /// A restricted-party screening hit (Entity List, SDN, Unverified List, MEU).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ScreeningHit {
     /// The list (`"entity_list"`, `"sdn"`, `"unverified_list"`, `"meu"`).
+    #[schemars(example = &"entity_list", example = &"sdn", example = &"unverified_list", example = &"meu")]
     pub list: String,
     /// Confirmed, potential or cleared.
     pub status: ScreeningStatus,
@@ -327,7 +362,8 @@ pub struct ScreeningHit {
 
 /// A license, license exception or government authorization held by an
 /// organization.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = authorization_dates_required)]
 pub struct Authorization {
     /// Authorization id (license number).
     pub id: String,
@@ -339,6 +375,7 @@ pub struct Authorization {
     pub model_tags: Vec<String>,
     /// Nationalities it covers (empty: any).
     #[serde(default)]
+    #[schemars(with = "Vec<Country>")]
     pub nationalities: Vec<CountryCode>,
     /// Subjects it covers (empty: any member of the organization).
     #[serde(default)]
@@ -346,18 +383,29 @@ pub struct Authorization {
     /// Relationships it covers (empty: any).
     #[serde(default)]
     pub relationships: Vec<Relationship>,
-    /// First day of validity (`YYYY-MM-DD`, inclusive).
+    /// First day of validity (`YYYY-MM-DD`, inclusive). Required: a record
+    /// with a missing or unreadable date is dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Date")]
     pub valid_from: Option<String>,
-    /// Last day of validity (`YYYY-MM-DD`, inclusive).
+    /// Last day of validity (`YYYY-MM-DD`, inclusive, not before
+    /// `valid_from`). Required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Date")]
     pub valid_until: Option<String>,
 }
 
+/// The decoder requires both validity dates of an authorization (see
+/// `check_dates`); serde alone would take them as optional.
+fn authorization_dates_required(schema: &mut schemars::Schema) {
+    schema::require(schema, &["valid_from", "valid_until"]);
+}
+
 /// The eligibility data of one organization.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrgRecord {
     /// Organization id.
+    #[schemars(length(min = 1))]
     pub id: String,
     /// Per-key version; an older version never replaces a newer one.
     pub version: u64,
@@ -367,12 +415,14 @@ pub struct OrgRecord {
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<DateTime>")]
     pub updated_at: Option<OffsetDateTime>,
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Country of the headquarters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Country>")]
     pub headquarters: Option<CountryCode>,
     /// Owners with their (direct plus indirect) percentages.
     #[serde(default, deserialize_with = "objects")]
@@ -390,7 +440,9 @@ pub struct OrgRecord {
 // ---------------------------------------------------------------------------
 
 /// Allow or deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The subject may use the model.
@@ -410,7 +462,7 @@ impl Outcome {
 }
 
 /// The version of one eligibility record a decision used.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RecordVersion {
     /// Record id.
     pub id: String,
@@ -419,7 +471,7 @@ pub struct RecordVersion {
 }
 
 /// The versions a decision was made with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Versions {
     /// Policy id.
     pub policy_id: String,
@@ -427,59 +479,66 @@ pub struct Versions {
     pub policy_version: String,
     /// Version of the country lists and tables the policy carries.
     pub data_version: String,
-    /// SHA-256 (hex) of the policy text the decision was made with: replay
+    /// SHA-256 (lower-case hex) of the policy text the decision was made with: replay
     /// takes the text of (`policy_id`, `policy_version`) from the policy
     /// history and checks it has this digest. Empty only in decisions
     /// recorded before digests were.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9a-f]{64}(\+.*)?)?$"))]
     pub policy_digest: String,
     /// The subject record used, if there was one.
     pub subject: Option<RecordVersion>,
     /// The organization record used, if there was one.
     pub organization: Option<RecordVersion>,
     /// The owner organizations' records followed for ownership (the chain
-    /// above `organization`), in the order they were read.
+    /// above `organization`), in the order they were read. Absent when
+    /// none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<RecordVersion>,
 }
 
 /// The exact inputs of a decision: enough to decide again without the
 /// change feed's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DecisionInputs {
     /// The request, as decoded.
     pub request: AccessRequest,
-    /// The subject's eligibility record at decision time (shared with the
-    /// store: a decision does not copy the records it used).
+    // Shared with the store: a decision does not copy the records it used.
+    /// The subject's eligibility record at decision time.
     pub subject: Option<Arc<UserRecord>>,
     /// The organization's eligibility record at decision time.
     pub organization: Option<Arc<OrgRecord>>,
     /// The owner organizations' records followed for ownership, as in
-    /// `versions.owners`: replay decides from these alone.
+    /// `versions.owners`: replay decides from these alone. Absent when
+    /// none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<Arc<OrgRecord>>,
 }
 
 /// Where a record came from in Kafka.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SourceCoordinates {
     /// Topic.
+    #[schemars(length(min = 1))]
     pub topic: String,
     /// Partition.
+    #[schemars(range(min = 0))]
     pub partition: i32,
     /// Offset.
+    #[schemars(range(min = 0))]
     pub offset: i64,
 }
 
 /// An allow or deny decision, published on `access.decisions` keyed by
 /// `request_id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Decision {
     /// The request decided.
     pub request_id: String,
     /// Allow or deny.
     pub outcome: Outcome,
-    /// Stable reason codes (see `decide::reason`), most important first.
+    /// Stable reason codes (`vocab::Reason`), most important first.
+    #[schemars(with = "Vec<crate::vocab::Reason>")]
     pub reasons: Vec<String>,
     /// Ids of the policy rules that matched.
     pub rule_ids: Vec<String>,
@@ -488,13 +547,15 @@ pub struct Decision {
     pub legal_basis: Vec<String>,
     /// Obligations attached to a deny (`"reverify"`, `"manual_review"`).
     #[serde(default)]
+    #[schemars(with = "Vec<crate::vocab::Obligation>")]
     pub obligations: Vec<String>,
     /// Versions of the policy and records used.
     pub versions: Versions,
-    /// The exact inputs; absent only for malformed requests.
+    /// The exact inputs; null only for malformed requests.
     pub inputs: Option<DecisionInputs>,
     /// When the engine decided (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "DateTime")]
     pub decided_at: OffsetDateTime,
     /// Where the request was read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -509,11 +570,12 @@ pub struct Decision {
 // ---------------------------------------------------------------------------
 
 /// One side of a shadow difference: what a policy decided.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ShadowSide {
     /// Allow or deny.
     pub outcome: Outcome,
     /// Reason codes, most important first.
+    #[schemars(with = "Vec<crate::vocab::Reason>")]
     pub reasons: Vec<String>,
     /// Rule ids and citations.
     pub rule_ids: Vec<String>,
@@ -521,14 +583,15 @@ pub struct ShadowSide {
     pub policy_id: String,
     /// Policy version.
     pub policy_version: String,
-    /// SHA-256 of the policy text.
+    /// SHA-256 (lower-case hex) of the policy text.
+    #[schemars(regex(pattern = r"^([0-9a-f]{64}(\+.*)?)?$"))]
     pub policy_digest: String,
 }
 
 /// A request on which a shadow (candidate) policy decided otherwise than the
 /// active one, published on `access.shadow` keyed by `request_id`. The
 /// decision itself (on `access.decisions`) used the active policy only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ShadowDifference {
     /// The request.
     pub request_id: String,
@@ -542,6 +605,7 @@ pub struct ShadowDifference {
     pub shadow: ShadowSide,
     /// When the engine decided (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "DateTime")]
     pub decided_at: OffsetDateTime,
     /// Where the request was read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -553,9 +617,10 @@ pub struct ShadowDifference {
 // ---------------------------------------------------------------------------
 
 /// A record that could not be processed, published on `access.deadletter`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeadLetter {
     /// Stable error code (`"invalid_json"`, `"missing_field"`, ...).
+    #[schemars(example = &"empty", example = &"too_large", example = &"not_utf8", example = &"invalid_json", example = &"invalid_document", example = &"missing_field", example = &"invalid_field")]
     pub error_kind: String,
     /// Human-readable error.
     pub error: String,
@@ -566,6 +631,7 @@ pub struct DeadLetter {
     pub key: Option<String>,
     /// The original bytes, base64 (standard alphabet, padded), truncated to
     /// the configured limit.
+    #[schemars(regex(pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"), extend("contentEncoding" = "base64"))]
     pub payload_base64: String,
     /// Size of the original payload in bytes.
     pub payload_size: usize,
@@ -576,6 +642,7 @@ pub struct DeadLetter {
     pub request_id: Option<String>,
     /// When the engine dead-lettered it.
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "DateTime")]
     pub at: OffsetDateTime,
 }
 

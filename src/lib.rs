@@ -11,6 +11,8 @@
 //!   letter) and their decoders. No I/O.
 //! - [`policy`]: the policy file model, validation, compilation. No I/O but
 //!   reading the file it is given.
+//! - [`schema`]: the JSON Schemas of the wire documents, derived from the
+//!   [`event`] types (`schemas/*.schema.json`). No I/O.
 //! - [`vocab`]: reason codes, obligations, built-in rule ids: the
 //!   vocabulary below both `policy` and `decide`.
 //! - [`decide`]: the one pure function that every tool calls.
@@ -58,6 +60,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod replay;
 pub mod rollout;
+pub mod schema;
 pub mod security;
 pub mod shadow;
 mod shape;

@@ -1,6 +1,10 @@
 //! The JSON Schemas in `schemas/` against the serde types of
 //! `clearance::event` and the examples in `schemas/examples/`.
 //!
+//! The schema files are generated from the types (`clearance::schema`):
+//! `UPDATE_SCHEMAS=1 cargo test --test it schemas::checked_in_schemas_are_generated`
+//! writes them; without it, that test fails when a file differs.
+//!
 //! `validate` is also used by the end-to-end tests, to check every decision
 //! and dead letter the engine publishes.
 
@@ -8,7 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use clearance::event::{self, AccessRequest, DeadLetter, Decision, EligibilityRecord};
+use clearance::event::{
+    self, AccessRequest, DeadLetter, Decision, EligibilityRecord, ShadowDifference,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -19,6 +25,7 @@ const SCHEMAS: &[&str] = &[
     "eligibility-record",
     "decision",
     "dead-letter",
+    "shadow-difference",
 ];
 
 fn schemas_dir() -> PathBuf {
@@ -232,6 +239,7 @@ fn schema_for_example(file_name: &str) -> Option<&'static str> {
         ("eligibility-", "eligibility-record"),
         ("decision-", "decision"),
         ("dead-letter", "dead-letter"),
+        ("shadow-difference", "shadow-difference"),
     ];
     PREFIXES
         .iter()
@@ -286,8 +294,54 @@ fn serde_round_trip(schema_name: &str, doc: &Value) -> Result<Value, String> {
         "eligibility-record" => go::<EligibilityRecord>(doc),
         "decision" => go::<Decision>(doc),
         "dead-letter" => go::<DeadLetter>(doc),
+        "shadow-difference" => go::<ShadowDifference>(doc),
         other => Err(format!("no Rust type for schema {other}")),
     }
+}
+
+/// The checked-in schema files are exactly what `clearance::schema`
+/// generates from the Rust types; with `UPDATE_SCHEMAS=1`, this test
+/// writes them instead.
+#[test]
+fn checked_in_schemas_are_generated() {
+    let update = std::env::var("UPDATE_SCHEMAS").is_ok_and(|v| v == "1");
+    let files = clearance::schema::files();
+    let names: Vec<&str> = files.iter().map(|f| f.name).collect();
+    assert_eq!(names, SCHEMAS, "SCHEMAS lists every generated schema");
+    let mut stale = Vec::new();
+    for file in &files {
+        let path = schemas_dir().join(file.file_name());
+        let text = file.text();
+        if update {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&path, &text)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+                eprintln!("wrote {}", path.display());
+            }
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(format!("schemas/{}", file.file_name()));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "out of date with the Rust types (src/event.rs, src/vocab.rs): {}\n\
+         regenerate with `UPDATE_SCHEMAS=1 cargo test --test it schemas::checked_in_schemas_are_generated`, \
+         review the diff and commit it",
+        stale.join(", ")
+    );
+    // No stray schema file that nothing generates.
+    let mut on_disk: Vec<String> = std::fs::read_dir(schemas_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".schema.json"))
+        .collect();
+    on_disk.sort();
+    let mut generated: Vec<String> = files.iter().map(|f| f.file_name()).collect();
+    generated.sort();
+    assert_eq!(
+        on_disk, generated,
+        "every schemas/*.schema.json is generated"
+    );
 }
 
 #[test]
@@ -481,6 +535,48 @@ fn decision_with_unknown_outcome_fails() {
     let err = validate("decision", &doc).unwrap_err();
     assert!(err.contains("/outcome"), "{err}");
     assert!(serde_json::from_value::<Decision>(doc).is_err());
+}
+
+/// Reasons and obligations are closed vocabularies (`vocab::Reason`,
+/// `vocab::Obligation`): the decision schema lists every value, and
+/// nothing else passes.
+#[test]
+fn decision_reasons_and_obligations_are_the_vocabulary() {
+    use clearance::vocab::{Obligation, Reason};
+    let schema = compiled("decision").unwrap_or_else(|e| panic!("{e}"));
+    let items = |field: &str| -> Vec<String> {
+        let mut items = schema.schema["properties"][field]["items"].clone();
+        if let Some(target) = items["$ref"].as_str() {
+            items = schema.schema.pointer(&target[1..]).unwrap().clone();
+        }
+        let mut values: Vec<String> = items["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{field} items have no enum: {items:#}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        values.sort();
+        values
+    };
+    let mut reasons: Vec<String> = Reason::ALL.iter().map(|r| r.as_str().into()).collect();
+    reasons.sort();
+    assert_eq!(items("reasons"), reasons);
+    let mut obligations: Vec<String> = Obligation::ALL.iter().map(|o| o.as_str().into()).collect();
+    obligations.sort();
+    assert_eq!(items("obligations"), obligations);
+
+    let mut doc = example("decision-deny.json");
+    doc["reasons"] = json!(["restricted_nationality", "because_i_said_so"]);
+    let err = validate("decision", &doc).unwrap_err();
+    assert!(err.contains("/reasons/1"), "{err}");
+    let mut doc = example("decision-deny.json");
+    doc["obligations"] = json!(["pray"]);
+    let err = validate("decision", &doc).unwrap_err();
+    assert!(err.contains("/obligations/0"), "{err}");
+    let mut doc = example("shadow-difference.json");
+    doc["shadow"]["reasons"] = json!(["maybe"]);
+    let err = validate("shadow-difference", &doc).unwrap_err();
+    assert!(err.contains("/shadow/reasons/0"), "{err}");
 }
 
 #[test]

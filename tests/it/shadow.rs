@@ -95,7 +95,13 @@ async fn shadow_differences_match_a_what_if_of_the_same_traffic() {
     let diffs: Vec<ShadowDifference> = reads
         .iter()
         .chain(&extra)
-        .map(|r| serde_json::from_slice(&r.payload).expect("shadow difference JSON"))
+        .map(|r| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.payload).expect("shadow difference JSON");
+            crate::schemas::validate("shadow-difference", &v)
+                .unwrap_or_else(|e| panic!("schema: {e}\n{v}"));
+            serde_json::from_value(v).expect("a shadow difference")
+        })
         .collect();
     let shadowed: BTreeSet<String> = diffs.iter().map(|d| d.request_id.clone()).collect();
     assert_eq!(shadowed.len(), diffs.len(), "one difference per request");
