@@ -3,7 +3,7 @@
 //! typed errors.
 //!
 //! All types ignore unknown fields (forward compatibility). The JSON Schemas
-//! in `schemas/` are generated from these types ([`crate::schema`]: the
+//! in `schemas/` are generated from these types (the `schema` module: the
 //! `JsonSchema` derives and their `#[schemars(...)]` attributes); tests
 //! check that the checked-in files are the generated ones, and that they
 //! agree with serde and the decoders.
@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::schema::{self, CountryCode as Country, Date, DateTime};
+use crate::schema::types::{self as schema, CountryCode as Country, Date, DateTime};
 use crate::shape::{objects, opt_object, MapOnly, ObjectOnly};
 
 /// An ISO 3166-1 alpha-2 country code, upper case (`"US"`, `"CN"`).
