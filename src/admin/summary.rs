@@ -121,7 +121,10 @@ pub fn summary(
         "feed": {
             "lag_messages": sum(&samples, m::FEED_LAG_MESSAGES),
             "last_record_age_seconds": sum(&samples, m::FEED_LAST_RECORD_AGE_SECONDS),
-            "stale": sum(&samples, m::FEED_STALE).map(|v| v > 0.0),
+            // /status has it from the start; the gauge only once it changed.
+            "stale": status["feed"]["stale"]
+                .as_bool()
+                .or_else(|| sum(&samples, m::FEED_STALE).map(|v| v > 0.0)),
         },
         "assigned_partitions": status["assigned_partitions"],
         "recent_denials": log.denials(),
