@@ -12,9 +12,12 @@
 //!   [`CONNECTION_LIFETIME`] (then it is closed after the response in
 //!   progress, or [`SHUTDOWN_GRACE`] later at the latest): a slow client
 //!   cannot hold a connection forever.
-//! - A request target over [`MAX_URI_BYTES`] is answered `414`; a request
-//!   head over [`MAX_HEAD_BYTES`] `431` (hyper answers that one before any
-//!   route sees the request). Nothing is answered from a truncated read.
+//! - A request line whose target is over [`MAX_URI_BYTES`] is answered
+//!   `414`, however long it is (the first request line of a connection is
+//!   watched as it is read; a later one is checked by the route, and gets
+//!   `431` beyond [`MAX_HEAD_BYTES`]); a request head over
+//!   [`MAX_HEAD_BYTES`] is answered `431` (by hyper, before any route sees
+//!   the request). Nothing is answered from a truncated read.
 //! - At most [`MAX_CONNECTIONS`] connections at once: beyond them the server
 //!   accepts no more until one closes (they wait in the kernel's backlog),
 //!   so the admin port cannot use up the engine's file descriptors.
@@ -192,7 +195,7 @@ async fn connection(
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES + 8 * 1024)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(FirstLine::new(stream)), service);
     let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
     tokio::pin!(lifetime);
     let finished = tokio::select! {
@@ -212,7 +215,18 @@ async fn connection(
             return;
         }
     }
-    let mut stream = conn.into_parts().io.into_inner();
+    let guarded = conn.into_parts().io.into_inner();
+    let too_long = guarded.too_long;
+    let mut stream = guarded.inner;
+    if too_long {
+        // hyper saw a read error, answered nothing; the answer is ours.
+        let body = "request line too long\n";
+        let head = format!(
+            "HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, stream.write_all(head.as_bytes())).await;
+    }
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -227,6 +241,103 @@ async fn connection(
         }
     })
     .await;
+}
+
+/// The longest first request line of a connection: a target of
+/// [`MAX_URI_BYTES`], the method and the version.
+const MAX_REQUEST_LINE: usize = MAX_URI_BYTES + 64;
+
+/// The connection's stream, watching its first request line: once more
+/// than [`MAX_REQUEST_LINE`] bytes have come without its end, reading
+/// fails (hyper gives up without answering) and `too_long` tells the
+/// connection to answer `414` itself. Without this, a request line longer
+/// than hyper's buffer would get `431`. (A later request on a keep-alive
+/// connection has its target checked by the route: `414` up to
+/// [`MAX_HEAD_BYTES`], `431` beyond.)
+struct FirstLine<S> {
+    inner: S,
+    /// Bytes of the first line seen so far; `None` once it has ended.
+    seen: Option<usize>,
+    too_long: bool,
+}
+
+impl<S> FirstLine<S> {
+    fn new(inner: S) -> Self {
+        FirstLine {
+            inner,
+            seen: Some(0),
+            too_long: false,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstLine<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(seen)) = (&polled, self.seen) {
+            let new = &buf.filled()[before..];
+            let line = match new.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    self.seen = None;
+                    seen + end
+                }
+                None => {
+                    self.seen = Some(seen + new.len());
+                    seen + new.len()
+                }
+            };
+            if line > MAX_REQUEST_LINE {
+                self.too_long = true;
+                self.seen = None;
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "request line too long",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstLine<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 type Body = Full<Bytes>;
@@ -512,6 +623,19 @@ mod tests {
         );
         let out = raw(addr, long.into_bytes()).await;
         assert!(out.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{out}");
+        // Longer than hyper's whole buffer: still 414, not 431.
+        let huge = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "c".repeat(100_000));
+        let out = raw(addr, huge.into_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{out}");
+        // A long target on the second request of a keep-alive connection
+        // is checked by the route.
+        let second = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "d".repeat(20_000)
+        );
+        let out = raw(addr, second.into_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("ok\nHTTP/1.1 414 URI Too Long\r\n"), "{out}");
         let mut big = b"GET /status HTTP/1.1\r\nHost: x\r\n".to_vec();
         for i in 0..1000 {
             big.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "b".repeat(90)).as_bytes());
