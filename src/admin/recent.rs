@@ -154,3 +154,56 @@ pub fn log() -> &'static DecisionLog {
 pub fn record(d: &Decision) {
     LOG.record(d);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> Decision {
+        let text = match name {
+            "allow" => include_str!("../../schemas/examples/decision-allow.json"),
+            _ => include_str!("../../schemas/examples/decision-deny.json"),
+        };
+        serde_json::from_str(text).expect("example decision")
+    }
+
+    #[test]
+    fn keeps_the_last_denials_newest_first_and_counts_by_model() {
+        let log = DecisionLog::new();
+        let allow = example("allow");
+        let mut deny = example("deny");
+        assert_eq!(deny.outcome, Outcome::Deny);
+        log.record(&allow);
+        for i in 0..RECENT_DENIALS + 5 {
+            deny.request_id = format!("d-{i}");
+            log.record(&deny);
+        }
+        assert_eq!(
+            log.counts(),
+            Counts {
+                allow: 1,
+                deny: RECENT_DENIALS as u64 + 5
+            }
+        );
+        let ds = log.denials();
+        assert_eq!(ds.len(), RECENT_DENIALS);
+        assert_eq!(ds[0].request_id, format!("d-{}", RECENT_DENIALS + 4));
+        assert_eq!(ds[RECENT_DENIALS - 1].request_id, "d-5");
+        assert_eq!(ds[0].reasons, deny.reasons);
+        let model = deny.inputs.as_ref().unwrap().request.model.clone();
+        assert_eq!(log.by_model()[&model].deny, RECENT_DENIALS as u64 + 5);
+    }
+
+    #[test]
+    fn models_beyond_the_bound_count_as_other() {
+        let log = DecisionLog::new();
+        let mut d = example("allow");
+        for i in 0..MAX_MODELS + 10 {
+            d.inputs.as_mut().unwrap().request.model = format!("m{i}");
+            log.record(&d);
+        }
+        let by = log.by_model();
+        assert_eq!(by.len(), MAX_MODELS + 1);
+        assert_eq!(by["other"].allow, 10);
+    }
+}

@@ -1,6 +1,6 @@
 //! `/api/summary`: what the status page shows, in one JSON document, from
 //! the engine's `/status`, its rendered Prometheus metrics and the
-//! [`DecisionLog`](super::recent::DecisionLog). Counts are cumulative; the
+//! [`DecisionLog`]. Counts are cumulative; the
 //! page turns them into rates between two polls.
 
 use std::collections::BTreeMap;
