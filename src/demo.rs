@@ -231,7 +231,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     );
 
     // 5. Metrics.
-    println!("\n== 5. metrics at http://{admin}/metrics (also /healthz, /readyz, /status)");
+    println!("\n== 5. metrics at http://{admin}/metrics (also /healthz, /readyz, /status; the live status page at http://{admin}/)");
     if let Ok((_, body)) = crate::admin::get(admin, "/metrics").await {
         for line in body
             .lines()

@@ -85,6 +85,9 @@ pub const TASK_UP: &str = "clearance_task_up";
 /// returned while the engine was not shutting down), by `task`
 /// (`change_feed`, `policy_watcher`). Each stops the engine.
 pub const TASK_FAILURES_TOTAL: &str = "clearance_task_failures_total";
+/// Counter: failed `accept`s of the admin server (the open-files limit
+/// reached, say); after each such failure the server sleeps, backing off.
+pub const ADMIN_ACCEPT_ERRORS_TOTAL: &str = "clearance_admin_accept_errors_total";
 
 /// Counter: authentication or TLS failures Kafka clients reported, by
 /// `client` and `kind` (`authentication`, `certificate`, `tls`). Fatal at
@@ -245,6 +248,10 @@ fn describe() {
     describe_counter!(
         TASK_FAILURES_TOTAL,
         "Tasks that died while the engine was not shutting down; each stops the engine."
+    );
+    describe_counter!(
+        ADMIN_ACCEPT_ERRORS_TOTAL,
+        "Failed accepts of the admin server (each followed by a backoff sleep)."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

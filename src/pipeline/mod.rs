@@ -803,6 +803,7 @@ fn publish_decision(
     offset: i64,
     shutdown: &CancellationToken,
 ) -> Result<(), SendError> {
+    crate::admin::recent::record(decision);
     let body = serde_json::to_vec(decision).map_err(|e| SendError::Encode(e.to_string()))?;
     let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.decisions, out.ack(partition, offset))
         .key(decision.request_id.as_bytes())

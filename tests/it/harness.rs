@@ -350,10 +350,21 @@ impl Drop for EngineProcess {
 /// Start `clearance run` as a child process with `cfg` written to
 /// `dir/NAME.toml`.
 pub fn spawn_engine(cfg: &Config, dir: &std::path::Path, name: &str) -> EngineProcess {
+    spawn_engine_bin(env!("CARGO_BIN_EXE_clearance").as_ref(), cfg, dir, name)
+}
+
+/// [`spawn_engine`] with another build of the binary (to measure an older
+/// one, say).
+pub fn spawn_engine_bin(
+    bin: &std::path::Path,
+    cfg: &Config,
+    dir: &std::path::Path,
+    name: &str,
+) -> EngineProcess {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
     EngineProcess(
-        Command::new(env!("CARGO_BIN_EXE_clearance"))
+        Command::new(bin)
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")

@@ -2,6 +2,7 @@
 //! broker (started once per run by `scripts/kafka`, or the one named by
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
+mod admin;
 mod cli;
 mod dashboard;
 mod deploy;
@@ -21,5 +22,6 @@ mod schemas;
 mod security;
 mod shadow;
 mod signing;
+mod status_page;
 mod tombstones;
 mod tools;
