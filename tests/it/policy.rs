@@ -85,7 +85,12 @@ async fn scenarios_through_the_broker(policy_text: &str, mode: Option<&str>) -> 
         ));
         expected.insert(
             req.request_id.clone(),
-            (c.name.clone(), c.expect, c.reasons.clone()),
+            (
+                c.name.clone(),
+                c.expect,
+                c.reasons.clone(),
+                c.scenario.clone(),
+            ),
         );
     }
     let p = producer();
@@ -101,10 +106,61 @@ async fn scenarios_through_the_broker(policy_text: &str, mode: Option<&str>) -> 
     }));
     let got = first_by_request(&ds);
     assert_eq!(got.len(), n);
-    for (id, (name, outcome, reasons)) in &expected {
+    // Every decision made through the broker is explained by the same
+    // derivation (clearance explain), and the acceptance scenarios' rule
+    // paths are named.
+    let compiled = clearance::policy::CompiledPolicy::from_toml_str(policy_text, "policy.toml")
+        .expect("the test policy compiles");
+    let rule_paths: &[(&str, &[&str])] = &[
+        (
+            "2",
+            &["rule deemed-export-nationality (nationality_in): MATCHED -> deny restricted_nationality"],
+        ),
+        (
+            "10",
+            &[
+                "rule restricted-ownership (ownership_in): MATCHED -> deny restricted_ownership",
+                "parent-a 30%: restricted (headquarters)",
+            ],
+        ),
+        (
+            "13",
+            &["authorization LIC-1 on rule deemed-export-nationality: valid on the event date -> deny lifted"],
+        ),
+        (
+            "14",
+            &["authorization LIC-1 on rule deemed-export-nationality: matches but has expired"],
+        ),
+    ];
+    let mut explained_scenarios = std::collections::BTreeSet::new();
+    for (id, (name, outcome, reasons, scenario)) in &expected {
         let d = &got[id];
         assert_eq!(d.outcome, *outcome, "case {name:?}: {:?}", d.reasons);
         assert_eq!(&d.reasons, reasons, "case {name:?}");
+        let e = clearance::explain::explain(&compiled, d).expect("explainable");
+        assert!(
+            e.differences.is_empty(),
+            "case {name:?}: {:?}",
+            e.differences
+        );
+        assert_eq!(e.verdict.outcome, d.outcome, "case {name:?}");
+        if let Some((sc, lines)) = rule_paths
+            .iter()
+            .find(|(sc, _)| scenario.as_deref() == Some(*sc))
+        {
+            let text = clearance::explain::render(&e);
+            for l in *lines {
+                assert!(text.contains(l), "scenario {sc}: {l:?} missing in\n{text}");
+            }
+            explained_scenarios.insert(*sc);
+        }
+    }
+    if mode.is_none() {
+        assert_eq!(
+            explained_scenarios.len(),
+            rule_paths.len(),
+            "scenarios 2, 10, 13 and 14 explained through the broker"
+        );
     }
     stop_engine(h, stop).await;
     let _ = std::fs::remove_dir_all(&dir);
