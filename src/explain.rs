@@ -15,16 +15,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::config::Config;
 use crate::decide::{decide_traced, reason, Eligibility, RuleVerdict, Step, Verdict};
 use crate::event::{Decision, Outcome};
-use crate::kafka::KafkaBoundaryError;
 use crate::policy::CompiledPolicy;
 
 /// Why a decision could not be explained.
@@ -37,9 +33,10 @@ pub enum ExplainError {
     /// recorded and what was given (id, version, digest).
     #[error("decision was made with policy {0}, not with the one given ({1})")]
     OtherPolicy(String, String),
-    /// Kafka failed (retryable: the broker may be down).
+    /// Reading the decisions topic failed (retryable: the broker may be
+    /// down).
     #[error(transparent)]
-    Kafka(#[from] KafkaBoundaryError),
+    Read(#[from] crate::replay::ReplayError),
 }
 
 /// The derivation of one decision.
@@ -347,8 +344,10 @@ pub fn render(e: &Explanation) -> String {
 
 /// Find the decision of `request_id` on the decisions topic, among the
 /// records whose timestamps lie in [`from`, `to`) (each partition's range
-/// resolved with `offsets_for_times`; absent bounds: the start and the
-/// current end). The last decision of that id in the window, if several.
+/// resolved with `offsets_for_times`, as `clearance replay` does: the same
+/// window code, [`crate::replay::resolve`]; absent bounds: the start and
+/// the current end). The last decision of that id in the window, if
+/// several.
 pub fn find_decision(
     cfg: &Config,
     request_id: &str,
@@ -356,115 +355,24 @@ pub fn find_decision(
     to: Option<OffsetDateTime>,
     timeout: Duration,
 ) -> Result<Option<Decision>, ExplainError> {
-    let topic = &cfg.topics.decisions;
-    let c: BaseConsumer = crate::kafka::reader_config(&cfg.kafka, "explain")
-        .create()
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "explain reader",
-            source,
-        })?;
-    let never = tokio_util::sync::CancellationToken::new();
-    let partitions = crate::kafka::topic_partitions(&c, topic, &never)?.unwrap_or_default();
-    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
-    let resolve = |t: Option<OffsetDateTime>| -> Result<Vec<(i32, Option<i64>)>, ExplainError> {
-        let Some(t) = t else {
-            return Ok(partitions.iter().map(|p| (*p, None)).collect());
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(ms(t)))
-                .map_err(|source| KafkaBoundaryError::Client {
-                    what: "explain offsets",
-                    source,
-                })?;
-        }
-        let got =
-            c.offsets_for_times(tpl, timeout)
-                .map_err(|source| KafkaBoundaryError::Client {
-                    what: "explain offsets_for_times",
-                    source,
-                })?;
-        Ok(got
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => (e.partition(), Some(o)),
-                _ => (e.partition(), None), // no record at or after t
-            })
-            .collect())
+    let window = crate::replay::Window::Times {
+        from: from.unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        to,
     };
-    let starts = resolve(from)?;
-    let ends = resolve(to)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = std::collections::BTreeMap::new();
-    for (p, start) in &starts {
-        let (low, high) =
-            c.fetch_watermarks(topic, *p, timeout)
-                .map_err(|e| KafkaBoundaryError::Metadata {
-                    topic: topic.clone(),
-                    source: e,
-                })?;
-        let start = match (from, start) {
-            (None, _) => low,
-            (Some(_), Some(o)) => *o,
-            (Some(_), None) => high, // nothing at or after `from`
-        };
-        let end = ends
-            .iter()
-            .find(|(q, _)| q == p)
-            .and_then(|(_, e)| *e)
-            .unwrap_or(high)
-            .min(high);
-        if start < end {
-            remaining.insert(*p, end);
-            tpl.add_partition_offset(topic, *p, Offset::Offset(start))
-                .map_err(|source| KafkaBoundaryError::Client {
-                    what: "explain assignment",
-                    source,
-                })?;
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(None);
-    }
-    c.assign(&tpl)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "explain assignment",
-            source,
-        })?;
-    let deadline = std::time::Instant::now() + timeout;
+    let (ranges, _notes) = crate::replay::resolve(cfg, &window)?;
     let mut found: Option<Decision> = None;
-    while !remaining.is_empty() && std::time::Instant::now() < deadline {
-        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let (p, off) = (m.partition(), m.offset());
-        let Some(end) = remaining.get(&p).copied() else {
-            continue;
-        };
-        if off + 1 >= end {
-            remaining.remove(&p);
+    // Decode only the records that hold this id as a JSON string.
+    let needle = serde_json::Value::from(request_id).to_string();
+    crate::replay::read_ranges(cfg, &ranges, timeout, |_, bytes| {
+        if !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            return;
         }
-        if off >= end || m.key() != Some(request_id.as_bytes()) {
-            continue;
-        }
-        if let Some(d) = m
-            .payload()
-            .and_then(|b| serde_json::from_slice::<Decision>(b).ok())
-        {
+        if let Ok(d) = serde_json::from_slice::<Decision>(bytes) {
             if d.request_id == request_id {
                 found = Some(d);
             }
         }
-    }
-    if !remaining.is_empty() {
-        return Err(ExplainError::Kafka(KafkaBoundaryError::Client {
-            what: "explain reader (window not read to its end in time)",
-            source: rdkafka::error::KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-            ),
-        }));
-    }
+    })?;
     Ok(found)
 }
 
