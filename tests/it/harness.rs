@@ -417,6 +417,28 @@ pub async fn engine_status(h: &EngineHandle) -> serde_json::Value {
     serde_json::from_str(&body).expect("/status is JSON")
 }
 
+/// Poll the engine's `/status` until `ok` holds, or fail after `timeout`
+/// naming `what` and the last status.
+pub async fn wait_status(
+    h: &EngineHandle,
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = engine_status(h).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A free loopback address for a child engine's admin port.
 pub fn free_admin_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");

@@ -21,27 +21,6 @@ use crate::harness::*;
 
 const EXAMPLE: &str = include_str!("../../policies/example.toml");
 
-/// Wait for `what` until `ok` holds, polling `/status`.
-async fn wait_status(
-    h: &clearance::engine::EngineHandle,
-    what: &str,
-    timeout: Duration,
-    mut ok: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = engine_status(h).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Decide `d` again from its recorded inputs with `policy`.
 fn replay(policy: &CompiledPolicy, d: &Decision) -> clearance::decide::Verdict {
     let inputs = d.inputs.as_ref().expect("a decision records its inputs");

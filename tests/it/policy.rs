@@ -2,13 +2,15 @@
 //! policy's tests, and live rollout (swap, rejection, scheduling).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clearance::event::{AccessRequest, Decision, EligibilityRecord, Outcome};
 use clearance::loadgen;
 use clearance::policy::testing::load_tests;
 
 use crate::harness::*;
+
+const SIXTY: Duration = Duration::from_secs(60);
 
 const EXAMPLE: &str = include_str!("../../policies/example.toml");
 const EXAMPLE_TESTS: &str = include_str!("../../policies/example.tests.toml");
@@ -238,25 +240,6 @@ async fn any_citizenship_setting_through_the_broker() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn wait_status(
-    h: &clearance::engine::EngineHandle,
-    what: &str,
-    mut ok: impl FnMut(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = engine_status(h).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn with_version(v: &str) -> String {
     EXAMPLE.replace("version = \"2026.12.1\"", &format!("version = \"{v}\""))
 }
@@ -296,7 +279,7 @@ async fn policy_published_while_requests_flow() {
         .await
         .expect("publish v2");
     assert_eq!(published.version, "2026.11.2");
-    wait_status(&h, "version 2026.11.2 active", |s| {
+    wait_status(&h, "version 2026.11.2 active", SIXTY, |s| {
         s["policy"]["version"] == "2026.11.2"
     })
     .await;
@@ -364,7 +347,7 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     let cfg = test_config("reject");
     create_topics(&cfg).await;
     let (h, stop) = start_engine(&cfg).await;
-    wait_status(&h, "ready", |s| s["ready"] == true).await;
+    wait_status(&h, "ready", SIXTY, |s| s["ready"] == true).await;
 
     // Not valid: an unknown country code in a set.
     let bad = EXAMPLE.replacen("\"CN\"", "\"XX\"", 1);
@@ -380,7 +363,7 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     clearance::rollout::publish_unchecked(&cfg, "example", b"\xff\xfe not even utf-8")
         .await
         .unwrap();
-    let s = wait_status(&h, "two rejections", |s| {
+    let s = wait_status(&h, "two rejections", SIXTY, |s| {
         s["policy"]["rollout"]["rejected"] == 2
     })
     .await;
@@ -413,14 +396,17 @@ async fn invalid_policies_are_rejected_and_future_ones_scheduled() {
     clearance::rollout::publish_text(&cfg, &future, "future.toml")
         .await
         .expect("publish future policy");
-    let s = wait_status(&h, "scheduled", |s| {
+    let s = wait_status(&h, "scheduled", SIXTY, |s| {
         s["policy"]["rollout"]["scheduled"]
             .as_array()
             .is_some_and(|a| !a.is_empty())
     })
     .await;
     assert_eq!(s["policy"]["version"], "2026.12.1", "not applied early");
-    let s = wait_status(&h, "activation", |s| s["policy"]["version"] == "2026.12.5").await;
+    let s = wait_status(&h, "activation", SIXTY, |s| {
+        s["policy"]["version"] == "2026.12.5"
+    })
+    .await;
     assert!(
         time::OffsetDateTime::now_utc() >= at,
         "activated at or after effective_from: {s}"
@@ -461,7 +447,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
     let mut cfg_a = cfg.clone();
     cfg_a.engine.instance_id = format!("{}-a", cfg.engine.instance_id);
     let (a, stop_a) = start_engine(&cfg_a).await;
-    let s = wait_status(&a, "A ready", |s| s["ready"] == true).await;
+    let s = wait_status(&a, "A ready", SIXTY, |s| s["ready"] == true).await;
     let seen = time::OffsetDateTime::now_utc();
     assert!(
         seen < at,
@@ -477,7 +463,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
         "P1 is scheduled on A: {s}"
     );
 
-    let s = wait_status(&a, "P1 active on A", |s| {
+    let s = wait_status(&a, "P1 active on A", SIXTY, |s| {
         s["policy"]["version"] == "2026.12.5"
     })
     .await;
@@ -491,7 +477,7 @@ async fn instances_agree_on_the_active_policy_whenever_they_start() {
     let mut cfg_b = cfg.clone();
     cfg_b.engine.instance_id = format!("{}-b", cfg.engine.instance_id);
     let (b, stop_b) = start_engine(&cfg_b).await;
-    let s = wait_status(&b, "B ready", |s| s["ready"] == true).await;
+    let s = wait_status(&b, "B ready", SIXTY, |s| s["ready"] == true).await;
     assert_eq!(
         s["policy"]["version"], "2026.12.5",
         "B, started after P1's time, runs P1 as soon as it is ready: {s}"

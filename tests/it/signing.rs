@@ -2,7 +2,7 @@
 //! an unsigned, tampered or untrusted policy is rejected and the previous
 //! one stays; a policy signed by either of two trusted keys is accepted.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clearance::policy::signing::{generate, PolicySigner, KEY_ID_HEADER, SIGNATURE_HEADER};
 use clearance::policy::EXAMPLE_POLICY;
@@ -10,27 +10,10 @@ use clearance::rollout;
 
 use crate::harness::*;
 
+const SIXTY: Duration = Duration::from_secs(60);
+
 fn with_version(v: &str) -> String {
     EXAMPLE_POLICY.replace("version = \"2026.12.1\"", &format!("version = \"{v}\""))
-}
-
-async fn wait_for(
-    h: &clearance::engine::EngineHandle,
-    what: &str,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = engine_status(h).await;
-        if ok(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +30,7 @@ async fn only_policies_signed_by_a_trusted_key_are_activated() {
     cfg.policy.trusted_keys = vec![public_a, public_b];
     create_topics(&cfg).await;
     let (h, stop) = start_engine(&cfg).await;
-    let s = wait_for(&h, "ready", |s| s["ready"] == true).await;
+    let s = wait_status(&h, "ready", SIXTY, |s| s["ready"] == true).await;
     assert_eq!(
         s["policy"]["rollout"]["trusted_keys"],
         serde_json::json!([id_a.clone(), id_b.clone()]),
@@ -58,7 +41,10 @@ async fn only_policies_signed_by_a_trusted_key_are_activated() {
     rollout::publish_signed(&cfg, &with_version("2026.12.10"), "v10", Some(&a))
         .await
         .expect("publish");
-    let s = wait_for(&h, "v10 active", |s| s["policy"]["version"] == "2026.12.10").await;
+    let s = wait_status(&h, "v10 active", SIXTY, |s| {
+        s["policy"]["version"] == "2026.12.10"
+    })
+    .await;
     let src = s["policy"]["rollout"]["active_source"]
         .as_str()
         .unwrap_or("")
@@ -87,7 +73,7 @@ async fn only_policies_signed_by_a_trusted_key_are_activated() {
     rollout::publish_signed(&cfg, &with_version("2026.12.13"), "v13", Some(&c))
         .await
         .expect("publish");
-    let s = wait_for(&h, "three rejections", |s| {
+    let s = wait_status(&h, "three rejections", SIXTY, |s| {
         s["policy"]["rollout"]["rejected"] == 3
     })
     .await;
@@ -116,7 +102,10 @@ async fn only_policies_signed_by_a_trusted_key_are_activated() {
     rollout::publish_signed(&cfg, &with_version("2026.12.14"), "v14", Some(&b))
         .await
         .expect("publish");
-    let s = wait_for(&h, "v14 active", |s| s["policy"]["version"] == "2026.12.14").await;
+    let s = wait_status(&h, "v14 active", SIXTY, |s| {
+        s["policy"]["version"] == "2026.12.14"
+    })
+    .await;
     let src = s["policy"]["rollout"]["active_source"]
         .as_str()
         .unwrap_or("");
@@ -166,7 +155,10 @@ async fn only_policies_signed_by_a_trusted_key_are_activated() {
         &os("--signature"),
         sig_file.as_os_str(),
     ]);
-    let s = wait_for(&h, "v15 active", |s| s["policy"]["version"] == "2026.12.15").await;
+    let s = wait_status(&h, "v15 active", SIXTY, |s| {
+        s["policy"]["version"] == "2026.12.15"
+    })
+    .await;
     assert!(
         s["policy"]["rollout"]["active_source"]
             .as_str()
