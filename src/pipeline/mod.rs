@@ -445,6 +445,18 @@ enum TxnFailure {
     Fatal(KafkaError),
 }
 
+/// Whether a transactional error says another producer with our
+/// transactional.id took over (a duplicate live instance): then stop.
+fn is_fenced(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
 fn classify_txn(e: KafkaError) -> TxnFailure {
     match &e {
         KafkaError::Transaction(rde) if rde.is_fatal() => TxnFailure::Fatal(e),
@@ -465,21 +477,32 @@ fn run_exactly_once(
     let cfg = &shared.cfg;
     let topic = &cfg.topics.requests;
     let timeout = Duration::from_millis(cfg.engine.shutdown_timeout_ms.max(10_000));
-    let producer = create_transactional_producer(cfg, &shared.instance_id, worker)?;
-    producer
-        .init_transactions(timeout)
-        .map_err(|e| txn_error("init_transactions", e))?;
-    let deadletters = DeadLetterSink::new(
-        producer.clone(),
-        cfg.topics.deadletter.clone(),
-        cfg.engine.deadletter_max_payload_bytes,
-        shutdown.clone(),
-    );
-    let out = Output {
-        producer: &producer,
-        deadletters: &deadletters,
-        tracker: None,
+    // A retriable failure of init_transactions (the coordinator loading, or
+    // a timeout while a killed predecessor's transaction is being aborted,
+    // which a loaded machine can stretch past the timeout) is retried, as
+    // librdkafka allows, until shutdown; anything else stops the worker.
+    let start_producer = || -> Result<EngineProducer, PipelineError> {
+        let producer = create_transactional_producer(cfg, &shared.instance_id, worker)?;
+        loop {
+            match producer.init_transactions(timeout) {
+                Ok(()) => return Ok(producer),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !shutdown.is_cancelled() => {
+                    tracing::warn!(worker, error = %e, "init_transactions failed; retrying");
+                }
+                Err(e) => return Err(txn_error("init_transactions", e)),
+            }
+        }
     };
+    let sink = |producer: &EngineProducer| {
+        DeadLetterSink::new(
+            producer.clone(),
+            cfg.topics.deadletter.clone(),
+            cfg.engine.deadletter_max_payload_bytes,
+            shutdown.clone(),
+        )
+    };
+    let mut producer = start_producer()?;
+    let mut deadletters = sink(&producer);
     let max_n = cfg.engine.transaction_max_messages;
     let max_wait = Duration::from_millis(cfg.engine.transaction_max_ms);
 
@@ -490,6 +513,11 @@ fn run_exactly_once(
         producer
             .begin_transaction()
             .map_err(|e| txn_error("begin_transaction", e))?;
+        let out = Output {
+            producer: &producer,
+            deadletters: &deadletters,
+            tracker: None,
+        };
         let revocations = consumer.context().revocations.load(Ordering::Acquire);
         // partition -> (first offset, next offset)
         let mut span: HashMap<i32, (i64, i64)> = HashMap::new();
@@ -536,20 +564,37 @@ fn run_exactly_once(
             Ok(()) => {
                 metrics::counter!(m::OFFSETS_STORED_TOTAL).increment(span.len() as u64);
             }
-            Err(TxnFailure::Abort(e)) => {
-                tracing::warn!(error = %e, requests = n, "transaction aborted; rewinding");
-                if let Err(e) = producer.abort_transaction(timeout) {
-                    return Err(txn_error("abort_transaction", e));
+            Err(failure) => {
+                // Abortable: abort and rewind. Fatal (for example the broker
+                // aborted a transaction that outlived `transaction.timeout.ms`
+                // on a loaded machine, and the abort then meets
+                // INVALID_TXN_STATE): the producer cannot be used again;
+                // a new one with the same transactional.id takes over
+                // (init_transactions bumps the epoch), and the batch is
+                // decided again. Only a fenced producer (another live
+                // instance with this transactional.id) stops the worker.
+                let e = match failure {
+                    TxnFailure::Abort(e) => {
+                        tracing::warn!(error = %e, requests = n, "transaction aborted; rewinding");
+                        producer.abort_transaction(timeout).err()
+                    }
+                    TxnFailure::Fatal(e) => Some(e),
+                };
+                if let Some(e) = e {
+                    if is_fenced(&e) || shutdown.is_cancelled() {
+                        let _ = producer.abort_transaction(timeout);
+                        return Err(txn_error("transaction", e));
+                    }
+                    tracing::error!(worker, error = %e, "transactional producer failed; replacing it and deciding the batch again");
+                    drop(deadletters);
+                    producer = start_producer()?;
+                    deadletters = sink(&producer);
                 }
                 for (p, (first, _)) in &span {
                     if let Err(e) = consumer.seek(topic, *p, Offset::Offset(*first), timeout) {
                         tracing::debug!(partition = p, error = %e, "rewind (partition revoked?)");
                     }
                 }
-            }
-            Err(TxnFailure::Fatal(e)) => {
-                let _ = producer.abort_transaction(timeout);
-                return Err(txn_error("transaction", e));
             }
         }
     }
