@@ -18,6 +18,7 @@ mod pipeline;
 mod policy;
 mod process;
 mod replay;
+mod reply;
 mod schemas;
 mod security;
 mod shadow;
