@@ -40,11 +40,15 @@
 //!   again from its recorded inputs, with the recorded policy versions
 //!   (fidelity) or a candidate policy (what-if), and reports every
 //!   difference.
+//! - [`client`]: the request/reply client of API frontends (Spring's
+//!   `kafka_replyTopic` / `kafka_correlationId` headers): `decide` a
+//!   request and get its decision back, or a fail-closed `timeout` deny.
 //! - [`loadgen`], [`demo`]: tools built on the same core.
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod config_docs;
 pub mod decide;

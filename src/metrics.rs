@@ -100,6 +100,19 @@ pub const ADMIN_ACCEPT_ERRORS_TOTAL: &str = "clearance_admin_accept_errors_total
 /// authenticates again.
 pub const KAFKA_AUTH_FAILURES_TOTAL: &str = "clearance_kafka_auth_failures_total";
 
+/// Counter: calls of the request/reply client (`clearance::client`), by
+/// `result` (`reply`, `timeout`: denied by the client, `error`).
+pub const CLIENT_CALLS_TOTAL: &str = "clearance_client_calls_total";
+/// Counter: client calls that timed out (each a `timeout` deny), by
+/// `stage` (`permit`: no in-flight slot in time, `reply`: no reply in time).
+pub const CLIENT_TIMEOUTS_TOTAL: &str = "clearance_client_timeouts_total";
+/// Counter: replies the client read and dropped, by `reason` (`late`: its
+/// call had ended, `foreign`: another client's on a shared reply partition,
+/// `no_correlation_id`).
+pub const CLIENT_REPLIES_DROPPED_TOTAL: &str = "clearance_client_replies_dropped_total";
+/// Histogram: seconds from a client call to its reply (calls answered only).
+pub const CLIENT_ROUND_TRIP_SECONDS: &str = "clearance_client_round_trip_seconds";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// How often the recorder's upkeep runs. The recorder keeps every
@@ -265,6 +278,23 @@ fn describe() {
     describe_counter!(
         ADMIN_ACCEPT_ERRORS_TOTAL,
         "Failed accepts of the admin server (each followed by a backoff sleep)."
+    );
+    describe_counter!(
+        CLIENT_CALLS_TOTAL,
+        "Request/reply client calls, by result (reply, timeout, error)."
+    );
+    describe_counter!(
+        CLIENT_TIMEOUTS_TOTAL,
+        "Request/reply client calls denied for a timeout, by stage (permit, reply)."
+    );
+    describe_counter!(
+        CLIENT_REPLIES_DROPPED_TOTAL,
+        "Replies the request/reply client dropped, by reason (late, foreign, no_correlation_id)."
+    );
+    describe_histogram!(
+        CLIENT_ROUND_TRIP_SECONDS,
+        Unit::Seconds,
+        "Request/reply client: from a call to its reply."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

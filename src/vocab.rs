@@ -77,6 +77,11 @@ pub mod reason {
     pub const NO_ALLOW_RULE: &str = "no_allow_rule";
     /// Deny (pipeline): the request could not be decoded.
     pub const MALFORMED_REQUEST: &str = "malformed_request";
+    /// Deny (client): no decision came back within the caller's timeout, so
+    /// the request/reply client (`clearance::client`) denied it itself (fail
+    /// closed). Never published by the engine; the engine may still decide
+    /// the request later.
+    pub const TIMEOUT: &str = "timeout";
 
     /// Every reason code an allow can carry.
     pub const ALLOW: &[&str] = &[
@@ -107,6 +112,7 @@ pub mod reason {
         UNVERIFIABLE_LOCATION,
         NO_ALLOW_RULE,
         MALFORMED_REQUEST,
+        TIMEOUT,
     ];
 
     /// The `&'static str` of a reason code, if it is one.
@@ -202,6 +208,11 @@ pub enum Reason {
     NoAllowRule,
     /// Deny (pipeline): the request could not be decoded.
     MalformedRequest,
+    /// Deny (client): no decision came back within the caller's timeout, so
+    /// the request/reply client (`clearance::client`) denied it itself (fail
+    /// closed). Never published by the engine; the engine may still decide
+    /// the request later.
+    Timeout,
 }
 
 impl Reason {
@@ -231,6 +242,7 @@ impl Reason {
         Reason::UnverifiableLocation,
         Reason::NoAllowRule,
         Reason::MalformedRequest,
+        Reason::Timeout,
     ];
 
     /// The code, as on the wire (`"us_person"`).
@@ -259,6 +271,7 @@ impl Reason {
             Reason::UnverifiableLocation => reason::UNVERIFIABLE_LOCATION,
             Reason::NoAllowRule => reason::NO_ALLOW_RULE,
             Reason::MalformedRequest => reason::MALFORMED_REQUEST,
+            Reason::Timeout => reason::TIMEOUT,
         }
     }
 
@@ -312,6 +325,9 @@ pub mod builtin {
     pub const NO_ALLOW_RULE: &str = "builtin:no_allow_rule";
     /// `settings.default_allow_untagged` allowed an untagged model.
     pub const DEFAULT_ALLOW_UNTAGGED: &str = "setting:default_allow_untagged";
+    /// The request/reply client denied a request whose decision did not
+    /// come back in time (reason `timeout`).
+    pub const CLIENT_TIMEOUT: &str = "client:timeout";
 }
 
 #[cfg(test)]
