@@ -90,6 +90,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
                 mock.create_topic(t, cfg.topics.partitions, 1)?;
             }
             mock.create_topic(&cfg.topics.policy, 1, 1)?;
+            // Step 2b's reply topic (the mock cluster has no admin API).
+            mock.create_topic(&crate::latency::reply_topic(&cfg), 2, 1)?;
             cfg.kafka.bootstrap_servers = mock.bootstrap_servers();
             cfg.topics.create_missing = false;
             println!(
@@ -137,8 +139,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         t0.elapsed().as_secs_f64()
     );
 
-    // 2. Decisions flowing.
-    println!("\n== 2. decisions: {} mixed requests", opts.requests);
+    // 2. Decisions flowing: a burst, then paced request/reply.
+    println!(
+        "\n== 2. decisions: a burst of {} mixed requests, sent at once",
+        opts.requests
+    );
     let report = loadgen::run(LoadOptions {
         kafka: cfg.kafka.clone(),
         requests_topic: cfg.topics.requests.clone(),
@@ -154,7 +159,48 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
         run_id: run_id.clone(),
     })
     .await?;
-    println!("{report}");
+    println!(
+        "   {} decided in {:.2} s: {:.0} decisions/s (a backlog drained; each request waits for those before it)",
+        report.decided,
+        report.elapsed_secs,
+        report.throughput()
+    );
+    for ((o, r), n) in &report.by_reason {
+        println!("     {o:5} {r:28} {n}");
+    }
+    println!(
+        "   outcomes differing from the expected: {}",
+        report.mismatches
+    );
+    let rate = 200;
+    println!(
+        "\n== 2b. what a frontend sees: request/reply through clearance::client, {rate} requests/s paced"
+    );
+    let lat = crate::latency::run(crate::latency::LatencyOptions {
+        cfg: cfg.clone(),
+        rate,
+        duration: Duration::from_secs(3),
+        subjects: opts.subjects,
+        run_id: run_id.clone(),
+        seed: false,
+        linger_ms: 0,
+        echo: false,
+        freshness: false,
+        rounds: 1,
+        call_timeout: Duration::from_secs(2),
+        admin: Some(admin),
+    })
+    .await?;
+    if let Some(p) = lat.phases.first() {
+        println!(
+            "   round trip, from each request's scheduled send to its decision on the reply topic: {}",
+            p.round_trip
+        );
+        println!(
+            "   ({} answered, {} timed out; a debug build on a shared machine: release figures and the echo baseline are in BENCHMARKS.md)",
+            p.answered, p.timeouts
+        );
+    }
 
     // 3. A policy denial with its reasons.
     println!("\n== 3. a policy denial, with its reasons and versions");

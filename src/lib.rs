@@ -43,7 +43,8 @@
 //! - [`client`]: the request/reply client of API frontends (Spring's
 //!   `kafka_replyTopic` / `kafka_correlationId` headers): `decide` a
 //!   request and get its decision back, or a fail-closed `timeout` deny.
-//! - [`loadgen`], [`demo`]: tools built on the same core.
+//! - [`loadgen`], [`latency`], [`demo`]: tools built on the same core
+//!   (`latency`: the round trip a frontend sees, the echo baseline, freshness).
 
 #![warn(missing_docs)]
 
@@ -58,6 +59,7 @@ pub mod engine;
 pub mod event;
 pub mod explain;
 pub mod kafka;
+pub mod latency;
 pub mod loadgen;
 pub mod metrics;
 pub mod pipeline;

@@ -264,6 +264,10 @@ pub enum LoadgenError {
     /// The engine did not become ready, or apply the feed, in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A measurement could not be set up (bad options, a topic that could
+    /// not be created, a client that could not start).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// How long the tools' producer tries to deliver a record before it reports

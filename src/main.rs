@@ -102,6 +102,40 @@ enum Command {
         /// Give up waiting for decisions after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+        /// Measure what a frontend sees instead of draining a burst: the
+        /// round trip through `clearance::client` (request/reply), open
+        /// loop at `--rate`, from each request's scheduled send time.
+        #[arg(long)]
+        latency: bool,
+        /// With `--latency`: measured seconds per phase (after a warm-up
+        /// of a fifth of it, at most 2 s).
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// With `--latency`: the client's producer linger.
+        #[arg(long, default_value_t = 0)]
+        linger_ms: u64,
+        /// With `--latency`: also run the same load through a no-work echo
+        /// (consume, produce the same bytes to the reply partition) on the
+        /// same broker, phases alternating, and report engine/echo ratios.
+        #[arg(long, requires = "latency")]
+        echo: bool,
+        /// With `--latency`: also measure freshness, from an eligibility
+        /// update produced to the first decision received that used it
+        /// (a hot subject updated every 10 ms, every 10th request its).
+        #[arg(long, requires = "latency")]
+        freshness: bool,
+        /// With `--latency`: instead of an open-loop load, keep this many
+        /// calls in flight for `--duration-secs` and print the round trips
+        /// per second (the maximum the open-loop rates are fractions of).
+        #[arg(long, requires = "latency")]
+        saturate: Option<usize>,
+        /// With `--latency`: engine (and echo) phases, alternating.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// With `--latency`: the client's timeout per call (a timeout is a
+        /// fail-closed deny, counted).
+        #[arg(long, default_value_t = 2000)]
+        call_timeout_ms: u64,
     },
     /// Topic administration.
     Topics {
@@ -723,10 +757,24 @@ async fn cli_main() -> Result<ExitCode> {
             send_only,
             admin,
             timeout_secs,
+            latency,
+            duration_secs,
+            linger_ms,
+            echo,
+            freshness,
+            rounds,
+            call_timeout_ms,
+            saturate,
         } => {
             let cfg = config.load()?;
             if rate == Some(0) {
                 bail!("--rate must be positive (omit it for as fast as possible)");
+            }
+            if latency && saturate.is_none() && rate.is_none() {
+                bail!("--latency needs --rate (requests/s, open loop) or --saturate N");
+            }
+            if latency && (duration_secs == 0 || rounds == 0 || call_timeout_ms == 0) {
+                bail!("--duration-secs, --rounds and --call-timeout-ms must be positive");
             }
             let run_id = match run_id {
                 Some(id) => {
@@ -742,6 +790,45 @@ async fn cli_main() -> Result<ExitCode> {
                 None => format!("lg{}", std::process::id()),
             };
             let subjects = subjects.max(10);
+            if latency {
+                let opts = clearance::latency::LatencyOptions {
+                    cfg: cfg.clone(),
+                    rate: rate.unwrap_or(1),
+                    duration: Duration::from_secs(duration_secs),
+                    subjects,
+                    run_id: format!("{run_id}-"),
+                    seed: !send_only,
+                    linger_ms,
+                    echo,
+                    freshness,
+                    rounds,
+                    call_timeout: Duration::from_millis(call_timeout_ms),
+                    admin,
+                };
+                if let Some(concurrency) = saturate {
+                    let (rate, failed) = clearance::latency::saturate(&opts, concurrency)
+                        .await
+                        .context("saturation measurement failed")?;
+                    println!(
+                        "saturated with {concurrency} calls in flight: {rate:.0} round trips/s ({failed} timed out or failed)"
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let report = clearance::latency::run(opts)
+                    .await
+                    .context("latency measurement failed")?;
+                println!("run id {run_id}");
+                print!("{report}");
+                let bad: usize = report
+                    .phases
+                    .iter()
+                    .map(|p| p.timeouts + p.errors + p.mismatches)
+                    .sum();
+                if bad > 0 {
+                    bail!("{bad} calls timed out, failed or got an unexpected outcome");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let report = clearance::loadgen::run(clearance::loadgen::LoadOptions {
                 kafka: cfg.kafka.clone(),
                 requests_topic: cfg.topics.requests.clone(),
