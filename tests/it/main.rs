@@ -4,6 +4,7 @@
 
 mod admin;
 mod cli;
+mod client;
 mod dashboard;
 mod deploy;
 mod domain;
