@@ -472,6 +472,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         assigned: Arc::clone(&state.assigned),
         feed: Arc::clone(&feed_state),
         shadow: state.shadow.clone(),
+        replies: Default::default(),
     });
     let st = Arc::clone(&state);
     let join = tokio::spawn(async move {

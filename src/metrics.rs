@@ -43,6 +43,11 @@ pub const READY: &str = "clearance_ready";
 pub const DEADLETTERS_TOTAL: &str = "clearance_deadletters_total";
 /// Counter: times a full producer queue made the pipeline wait (backpressure).
 pub const PRODUCER_BACKPRESSURE_TOTAL: &str = "clearance_producer_backpressure_total";
+/// Counter: replies delivered to a request's reply topic (request/reply).
+pub const REPLIES_TOTAL: &str = "clearance_replies_total";
+/// Counter: replies not sent, by `reason` (`pipeline::reply::failure`);
+/// their decisions still went to the decisions topic.
+pub const REPLY_FAILURES_TOTAL: &str = "clearance_reply_failures_total";
 /// Counter: deliveries that failed permanently, by `topic` kind.
 pub const DELIVERY_FAILURES_TOTAL: &str = "clearance_delivery_failures_total";
 /// Counter: offsets stored for commit after confirmed delivery.
@@ -214,6 +219,14 @@ fn describe() {
         "Waits caused by a full producer queue."
     );
     describe_counter!(DELIVERY_FAILURES_TOTAL, "Permanently failed deliveries.");
+    describe_counter!(
+        REPLIES_TOTAL,
+        "Replies delivered to requests' reply topics (request/reply)."
+    );
+    describe_counter!(
+        REPLY_FAILURES_TOTAL,
+        "Replies not sent, by reason; their decisions still reached the decisions topic."
+    );
     describe_counter!(
         OFFSETS_STORED_TOTAL,
         "Offsets stored after confirmed delivery."

@@ -119,6 +119,7 @@ impl DeadLetterSink {
                 tracker,
                 partition,
                 offset,
+                reply: None,
             }),
         )
         .key(dl_key.as_bytes())

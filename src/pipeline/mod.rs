@@ -41,6 +41,7 @@ use crate::metrics as m;
 use crate::policy::CompiledPolicy;
 pub mod deadletter;
 pub mod producer;
+pub mod reply;
 pub mod tracker;
 
 pub use crate::policy::ActivePolicy;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
     /// Shadow mode's candidate policy, if configured.
     pub shadow: Option<Arc<crate::shadow::Shadow>>,
+    /// Request/reply: what is known of reply topics.
+    pub replies: Arc<reply::ReplyRoutes>,
 }
 
 /// Errors that stop a worker.
@@ -643,6 +646,7 @@ impl Output<'_> {
             tracker: self.tracker.cloned(),
             partition,
             offset,
+            reply: None,
         })
     }
 }
@@ -661,6 +665,14 @@ fn process(
         partition,
         offset,
     };
+    let reply_to = match reply::from_message(msg.headers()) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.replies.bad_header(&e);
+            None
+        }
+    };
+    let reply_to = reply_to.as_ref();
     let decoded = check_size(payload, shared.cfg.engine.max_input_bytes)
         .and_then(|()| decode_request(payload));
     match decoded {
@@ -682,7 +694,9 @@ fn process(
             if let Some(diff) = shadow {
                 publish_shadow(shared, out, &diff, shutdown)?;
             }
-            let r = publish_decision(shared, out, &decision, partition, offset, shutdown);
+            let r = publish_decision(
+                shared, out, &decision, reply_to, partition, offset, shutdown,
+            );
             metrics::histogram!(m::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
             r
         }
@@ -707,7 +721,9 @@ fn process(
                 let policy = shared.policy.current();
                 let decision = malformed_decision(&policy, request_id, source, &shared.instance_id);
                 metrics::counter!(m::DECISIONS_TOTAL, "outcome" => "deny", "reason" => reason::MALFORMED_REQUEST, "model" => "unknown").increment(1);
-                publish_decision(shared, out, &decision, partition, offset, shutdown)?;
+                publish_decision(
+                    shared, out, &decision, reply_to, partition, offset, shutdown,
+                )?;
             }
             Ok(())
         }
@@ -833,6 +849,7 @@ fn publish_shadow(
         tracker: None,
         partition: -1,
         offset: -1,
+        reply: None,
     });
     let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.shadow, ack)
         .key(diff.request_id.as_bytes())
@@ -840,10 +857,14 @@ fn publish_shadow(
     send_with_backpressure(out.producer, rec, shutdown)
 }
 
+/// Publish a decision to the decisions topic and, when the request asked
+/// for one, its reply ([`reply`]): the same bytes, with the correlation
+/// header. Only the decision's delivery counts for the offset.
 fn publish_decision(
     shared: &Shared,
     out: &Output<'_>,
     decision: &Decision,
+    reply_to: Option<&reply::ReplyTo>,
     partition: i32,
     offset: i64,
     shutdown: &CancellationToken,
@@ -853,7 +874,37 @@ fn publish_decision(
     let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.decisions, out.ack(partition, offset))
         .key(decision.request_id.as_bytes())
         .payload(body.as_slice());
-    send_with_backpressure(out.producer, rec, shutdown)
+    send_with_backpressure(out.producer, rec, shutdown)?;
+    let Some(to) = reply_to else {
+        return Ok(());
+    };
+    if shared.replies.check(out.producer, to).is_err() {
+        return Ok(());
+    }
+    let ack = Box::new(Ack {
+        tracker: None,
+        partition: -1,
+        offset: -1,
+        reply: Some(Arc::clone(&shared.replies)),
+    });
+    let mut rec = BaseRecord::with_opaque_to(&to.topic, ack)
+        .key(decision.request_id.as_bytes())
+        .payload(body.as_slice());
+    if let Some(p) = to.partition {
+        rec = rec.partition(p);
+    }
+    if let Some(h) = to.headers() {
+        rec = rec.headers(h);
+    }
+    match send_with_backpressure(out.producer, rec, shutdown) {
+        // The producer refused the reply at once (for example a partition
+        // it does not know): the decision is out, the reply is skipped.
+        Err(SendError::Refused(e)) => {
+            shared.replies.delivery_failed(&to.topic, &e);
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]

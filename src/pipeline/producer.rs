@@ -25,6 +25,9 @@ pub struct Ack {
     pub(crate) tracker: Option<Arc<Tracker>>,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+    /// A reply (request/reply): its failure is counted and remembered by
+    /// the reply routes, never held against the offset.
+    pub(crate) reply: Option<Arc<crate::pipeline::reply::ReplyRoutes>>,
 }
 
 /// Producer context: routes delivery reports to the offset trackers.
@@ -45,12 +48,19 @@ impl ProducerContext for DeliveryContext {
         metrics::gauge!(m::IN_FLIGHT_MESSAGES).decrement(1.0);
         match result {
             Ok(_) => {
+                if ack.reply.is_some() {
+                    metrics::counter!(m::REPLIES_TOTAL).increment(1);
+                }
                 if let Some(t) = &ack.tracker {
                     t.ack(ack.partition, ack.offset);
                 }
             }
             Err((e, msg)) => {
                 let topic = msg.topic().to_string();
+                if let Some(routes) = &ack.reply {
+                    routes.delivery_failed(&topic, e);
+                    return;
+                }
                 metrics::counter!(m::DELIVERY_FAILURES_TOTAL).increment(1);
                 tracing::error!(%topic, error = %e, "delivery failed permanently");
                 if let Some(t) = &ack.tracker {

@@ -19,6 +19,7 @@ mod pipeline;
 mod policy;
 mod process;
 mod replay;
+mod reply;
 mod schemas;
 mod security;
 mod shadow;
