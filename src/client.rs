@@ -79,15 +79,11 @@ use crate::kafka::{hint_for, RetryHint};
 use crate::metrics as m;
 use crate::vocab::{builtin, reason};
 
-/// Header naming the topic the decision is sent back to (UTF-8).
-pub const REPLY_TOPIC_HEADER: &str = "kafka_replyTopic";
-/// Header naming the reply partition: 4 bytes, big-endian `i32` (Spring's
-/// encoding).
-pub const REPLY_PARTITION_HEADER: &str = "kafka_replyPartition";
-/// Header with the correlation id, copied unchanged onto the reply.
-pub const CORRELATION_ID_HEADER: &str = "kafka_correlationId";
-/// The longest correlation id the engine copies onto a reply, in bytes.
-pub const MAX_CORRELATION_ID_LEN: usize = 256;
+/// The header names (and the correlation id's length limit) are the
+/// engine's own ([`crate::pipeline::reply`]).
+pub use crate::pipeline::reply::{
+    CORRELATION_ID_HEADER, MAX_CORRELATION_ID_BYTES, REPLY_PARTITION_HEADER, REPLY_TOPIC_HEADER,
+};
 /// `engine_instance` of a decision the client made itself (a timeout deny).
 pub const CLIENT_INSTANCE: &str = "client";
 
@@ -805,7 +801,7 @@ mod tests {
         assert_eq!(CorrelationId::from_bytes(&[1; 17]), None);
         assert_ne!(CorrelationId::new(7, 1), CorrelationId::new(7, 2));
         assert_ne!(CorrelationId::new(7, 1), CorrelationId::new(8, 1));
-        assert!(id.as_bytes().len() <= MAX_CORRELATION_ID_LEN);
+        assert!(id.as_bytes().len() <= MAX_CORRELATION_ID_BYTES);
     }
 
     #[test]

@@ -333,3 +333,165 @@ async fn echo_round_trips_are_fast_and_matched() {
     assert_eq!(echo.answered.load(Ordering::Relaxed), 201);
     c.close();
 }
+
+/// Seeded subjects of every category, an in-process engine on `cfg`, ready
+/// and with its request partitions assigned.
+async fn engine_with_subjects(
+    cfg: &Config,
+    prefix: &str,
+    n: usize,
+) -> (
+    clearance::engine::EngineHandle,
+    StopGuard,
+    Vec<loadgen::Subject>,
+) {
+    let subjects: Vec<_> = (0..n).map(|i| loadgen::subject(prefix, i)).collect();
+    seed(&producer(), cfg, &subjects);
+    let (h, stop) = start_engine(cfg).await;
+    wait_feed_applied(&h, cfg).await;
+    loadgen::wait_for_assignment(h.admin_addr, Duration::from_secs(120))
+        .await
+        .expect("request partitions assigned");
+    (h, stop, subjects)
+}
+
+/// Every category on every model, through an in-process engine: each
+/// decision comes back to the client (replies partitioned by key: no
+/// reply partition) with the request's id and the expected outcome and
+/// first reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_come_back_through_the_engine() {
+    let (cfg, reply) = topics("client-engine", 3).await;
+    let (h, stop, subjects) = engine_with_subjects(&cfg, "ce", 10).await;
+    let c = client(client_options(&cfg, &reply, None)).await;
+    let models = [
+        loadgen::TAGGED_MODEL,
+        loadgen::UNTAGGED_MODEL,
+        loadgen::UNKNOWN_MODEL,
+    ];
+    let mut set = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (i, s) in subjects.iter().enumerate() {
+        for m in models {
+            let (c, s) = (c.clone(), s.clone());
+            set.spawn(async move {
+                let req = loadgen::request(&s, format!("ce-{i}-{m}"), m);
+                let d = c.decide(&req, Duration::from_secs(20)).await;
+                (s, m, req, d)
+            });
+        }
+    }
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        let (s, m, req, d) = r.unwrap();
+        let d = d.expect("a decision");
+        assert_ne!(
+            d.reasons,
+            ["timeout"],
+            "{}: no decision in time",
+            req.request_id
+        );
+        assert_eq!(d.request_id, req.request_id);
+        assert_eq!(
+            d.outcome,
+            s.category.expected(m),
+            "{:?} on {m}: {d:?}",
+            s.category
+        );
+        assert_eq!(
+            d.reasons.first().map(String::as_str),
+            Some(s.category.expected_reason(m)),
+            "{:?} on {m}",
+            s.category
+        );
+        assert_eq!(d.engine_instance, cfg.engine.instance_id);
+        assert_eq!(d.inputs.as_ref().map(|i| &i.request), Some(&req));
+        n += 1;
+    }
+    assert_eq!(n, 30);
+    assert_eq!(c.pending(), 0);
+    eprintln!(
+        "30 concurrent decisions through the engine in {:?}",
+        started.elapsed()
+    );
+    // Sequential calls: the round trip through the engine.
+    let mut lat = Vec::new();
+    for i in 0..50 {
+        let s = &subjects[i % subjects.len()];
+        let req = loadgen::request(s, format!("ce-seq-{i}"), loadgen::TAGGED_MODEL);
+        let t = Instant::now();
+        let d = c
+            .decide(&req, Duration::from_secs(10))
+            .await
+            .expect("decision");
+        lat.push(t.elapsed());
+        assert_eq!(d.outcome, s.category.expected(loadgen::TAGGED_MODEL));
+    }
+    lat.sort();
+    eprintln!(
+        "decide() through the engine, 50 sequential calls: p50 {:?}, p90 {:?}, max {:?}",
+        lat[25], lat[45], lat[49]
+    );
+    c.close();
+    stop_engine(h, stop).await;
+}
+
+/// Three clients, each on its own partition of one reply topic, calling at
+/// once: every call gets its own decision, and each partition holds only
+/// the replies of its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_for_clients_on_different_partitions_do_not_cross() {
+    let (cfg, reply) = topics("client-cross", 3).await;
+    let (h, stop, subjects) = engine_with_subjects(&cfg, "cx", 10).await;
+    let mut clients = Vec::new();
+    for p in 0..3 {
+        clients.push(client(client_options(&cfg, &reply, Some(p))).await);
+    }
+    let per_client = 40;
+    let mut set = tokio::task::JoinSet::new();
+    for (p, c) in clients.iter().enumerate() {
+        for i in 0..per_client {
+            let c = c.clone();
+            let s = subjects[i % subjects.len()].clone();
+            set.spawn(async move {
+                let m = loadgen::model_for(i * 7);
+                let req = loadgen::request(&s, format!("cx{p}-{i}"), m);
+                let d = c.decide(&req, Duration::from_secs(20)).await;
+                (s, m, req, d)
+            });
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        let (s, m, req, d) = r.unwrap();
+        let d = d.expect("a decision of this very request");
+        assert_ne!(
+            d.reasons,
+            ["timeout"],
+            "{}: no decision in time",
+            req.request_id
+        );
+        assert_eq!(d.request_id, req.request_id);
+        assert_eq!(d.outcome, s.category.expected(m));
+    }
+    for c in &clients {
+        assert_eq!(c.pending(), 0);
+    }
+    // On the topic: partition p holds the replies of client p only.
+    let r = reader(&reply);
+    let reads = tokio::task::block_in_place(|| {
+        read_until(&r, Duration::from_secs(30), |rs| rs.len() >= 3 * per_client)
+    });
+    assert_eq!(reads.len(), 3 * per_client, "one reply per call");
+    for rd in &reads {
+        let key = String::from_utf8(rd.key.clone().expect("keyed")).unwrap();
+        assert!(
+            key.starts_with(&format!("cx{}-", rd.partition)),
+            "reply {key} on partition {}",
+            rd.partition
+        );
+    }
+    for c in clients {
+        c.close();
+    }
+    stop_engine(h, stop).await;
+}
