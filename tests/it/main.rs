@@ -8,6 +8,7 @@ mod client;
 mod dashboard;
 mod deploy;
 mod domain;
+mod examples;
 mod explain;
 mod faults;
 mod group;
