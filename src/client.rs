@@ -58,7 +58,7 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{oneshot, Semaphore};
@@ -79,15 +79,11 @@ use crate::kafka::{hint_for, RetryHint};
 use crate::metrics as m;
 use crate::vocab::{builtin, reason};
 
-/// Header naming the topic the decision is sent back to (UTF-8).
-pub const REPLY_TOPIC_HEADER: &str = "kafka_replyTopic";
-/// Header naming the reply partition: 4 bytes, big-endian `i32` (Spring's
-/// encoding).
-pub const REPLY_PARTITION_HEADER: &str = "kafka_replyPartition";
-/// Header with the correlation id, copied unchanged onto the reply.
-pub const CORRELATION_ID_HEADER: &str = "kafka_correlationId";
-/// The longest correlation id the engine copies onto a reply, in bytes.
-pub const MAX_CORRELATION_ID_LEN: usize = 256;
+/// The header names (and the correlation id's length limit) are the
+/// engine's own ([`crate::pipeline::reply`]).
+pub use crate::pipeline::reply::{
+    CORRELATION_ID_HEADER, MAX_CORRELATION_ID_BYTES, REPLY_PARTITION_HEADER, REPLY_TOPIC_HEADER,
+};
 /// `engine_instance` of a decision the client made itself (a timeout deny).
 pub const CLIENT_INSTANCE: &str = "client";
 
@@ -249,10 +245,17 @@ pub fn encode_reply_partition(p: i32) -> [u8; 4] {
 }
 
 /// The calls waiting for their reply: correlation id → the sender that
-/// completes the call.
+/// completes the call. `count` is the number of entries, kept exactly
+/// (DashMap's `len` adds its shards up one by one, and may count a call
+/// that ended and one that began meanwhile both): it goes up before an
+/// entry is inserted and down after one is removed, so it never
+/// undercounts, and since a call takes its in-flight slot before it
+/// registers and gives it back after its entry is gone, it never exceeds
+/// `max_in_flight`.
 #[derive(Debug, Default)]
 struct Pending {
     map: DashMap<CorrelationId, oneshot::Sender<Vec<u8>>>,
+    count: AtomicUsize,
 }
 
 impl Pending {
@@ -260,16 +263,38 @@ impl Pending {
     /// returned, timed out, or its future was dropped).
     fn register(&self, id: CorrelationId) -> (PendingGuard<'_>, oneshot::Receiver<Vec<u8>>) {
         let (tx, rx) = oneshot::channel();
-        self.map.insert(id, tx);
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if self.map.insert(id, tx).is_some() {
+            // Never: ids are unique per client. Keep the count exact anyway.
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
         (PendingGuard { pending: self, id }, rx)
+    }
+
+    fn remove(&self, id: &CorrelationId) -> Option<oneshot::Sender<Vec<u8>>> {
+        let (_, tx) = self.map.remove(id)?;
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        Some(tx)
     }
 
     /// Complete the call `id` with a reply; `false` when nobody waits for it.
     fn complete(&self, id: &CorrelationId, reply: Vec<u8>) -> bool {
-        match self.map.remove(id) {
-            Some((_, tx)) => tx.send(reply).is_ok(),
+        match self.remove(id) {
+            Some(tx) => tx.send(reply).is_ok(),
             None => false,
         }
+    }
+
+    /// End every waiting call (their receivers see the sender dropped).
+    fn clear(&self) {
+        self.map.retain(|_, _| {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            false
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 }
 
@@ -281,7 +306,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending.map.remove(&self.id);
+        self.pending.remove(&self.id);
     }
 }
 
@@ -321,7 +346,7 @@ impl Inner {
             let _ = t.join();
         }
         // Calls still waiting end with `Closed` (their senders dropped).
-        self.pending.map.clear();
+        self.pending.clear();
     }
 }
 
@@ -400,14 +425,14 @@ fn set_defaults(c: &mut ClientConfig, defaults: &[(&[&str], &str)]) {
 
 /// The partitions of `topic`, retried while the metadata is not there yet,
 /// until `deadline`.
-fn partitions_of(
-    consumer: &BaseConsumer<ClientKafkaContext>,
+fn partitions_of<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
     topic: &str,
     deadline: Instant,
 ) -> Result<BTreeSet<i32>, ClientError> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match consumer.fetch_metadata(Some(topic), left.max(Duration::from_millis(100))) {
+        match client.fetch_metadata(Some(topic), left.max(Duration::from_millis(100))) {
             Ok(md) => {
                 let parts: BTreeSet<i32> = md
                     .topics()
@@ -477,8 +502,10 @@ impl Client {
                 source,
             })?;
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        partitions_of(&consumer, &opts.requests_topic, deadline)?;
-        let reply_parts = partitions_of(&consumer, &opts.reply_topic, deadline)?;
+        // Through the producer: it learns the topic's leaders now, not on
+        // the first call.
+        partitions_of(producer.client(), &opts.requests_topic, deadline)?;
+        let reply_parts = partitions_of(consumer.client(), &opts.reply_topic, deadline)?;
         let wanted: Vec<i32> = match opts.reply_partition {
             Some(p) if !reply_parts.contains(&p) => {
                 return Err(ClientError::Topic {
@@ -607,6 +634,8 @@ impl Client {
             }
         };
         let id = CorrelationId::new(inner.tag, inner.seq.fetch_add(1, Ordering::Relaxed));
+        // Dropped before `_permit` (declared later): the entry is gone
+        // before the slot is given back.
         let (_guard, mut reply) = inner.pending.register(id);
         let mut headers = OwnedHeaders::new_with_capacity(3).insert(Header {
             key: REPLY_TOPIC_HEADER,
@@ -656,7 +685,7 @@ impl Client {
 
     /// Calls waiting for their reply (entries of the pending map).
     pub fn pending(&self) -> usize {
-        self.inner.pending.map.len()
+        self.inner.pending.len()
     }
 
     /// The options the client was made with.
@@ -772,7 +801,7 @@ mod tests {
         assert_eq!(CorrelationId::from_bytes(&[1; 17]), None);
         assert_ne!(CorrelationId::new(7, 1), CorrelationId::new(7, 2));
         assert_ne!(CorrelationId::new(7, 1), CorrelationId::new(8, 1));
-        assert!(id.as_bytes().len() <= MAX_CORRELATION_ID_LEN);
+        assert!(id.as_bytes().len() <= MAX_CORRELATION_ID_BYTES);
     }
 
     #[test]
@@ -787,21 +816,21 @@ mod tests {
         let p = Pending::default();
         // Completed: the reply reaches the receiver, the entry is gone.
         let (g, mut rx) = p.register(CorrelationId::new(1, 1));
-        assert_eq!(p.map.len(), 1);
+        assert_eq!(p.len(), 1);
         assert!(p.complete(&CorrelationId::new(1, 1), b"r".to_vec()));
         assert_eq!(rx.try_recv().unwrap(), b"r");
-        assert_eq!(p.map.len(), 0);
+        assert_eq!(p.len(), 0);
         drop(g);
         assert!(!p.complete(&CorrelationId::new(1, 1), b"late".to_vec()));
         // Dropped (timeout or cancellation): the guard removes it.
         let (g, _rx) = p.register(CorrelationId::new(1, 2));
         let (g3, _rx3) = p.register(CorrelationId::new(1, 3));
-        assert_eq!(p.map.len(), 2);
+        assert_eq!(p.len(), 2);
         drop(g);
-        assert_eq!(p.map.len(), 1);
+        assert_eq!(p.len(), 1);
         assert!(!p.complete(&CorrelationId::new(1, 2), b"late".to_vec()));
         drop(g3);
-        assert_eq!(p.map.len(), 0);
+        assert_eq!(p.len(), 0);
     }
 
     #[tokio::test]
@@ -815,12 +844,12 @@ mod tests {
             }
         };
         let task = tokio::spawn(fut);
-        while p.map.is_empty() {
+        while p.len() == 0 {
             tokio::task::yield_now().await;
         }
         task.abort();
         let _ = task.await;
-        assert_eq!(p.map.len(), 0, "cancellation removed the entry");
+        assert_eq!(p.len(), 0, "cancellation removed the entry");
     }
 
     #[test]

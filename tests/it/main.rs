@@ -4,9 +4,11 @@
 
 mod admin;
 mod cli;
+mod client;
 mod dashboard;
 mod deploy;
 mod domain;
+mod examples;
 mod explain;
 mod faults;
 mod group;
