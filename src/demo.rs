@@ -94,6 +94,12 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
             mock.create_topic(&crate::latency::reply_topic(&cfg), 2, 1)?;
             cfg.kafka.bootstrap_servers = mock.bootstrap_servers();
             cfg.topics.create_missing = false;
+            // The mock cluster answers a fetch only when fetch.wait.max.ms
+            // (500 ms by default) is up, not when data arrives as a broker
+            // does: wait less, or step 2b would measure that wait.
+            cfg.kafka
+                .properties
+                .insert("fetch.wait.max.ms".into(), "5".into());
             println!(
                 "== broker: librdkafka mock cluster at {} (in-process; pass --bootstrap HOST:PORT for a real one)",
                 cfg.kafka.bootstrap_servers

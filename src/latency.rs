@@ -387,7 +387,10 @@ impl Echo {
                     loop {
                         match producer.send(rec) {
                             Ok(()) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), b)) => {
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                b,
+                            )) => {
                                 rec = b;
                                 std::thread::sleep(Duration::from_millis(1));
                             }
@@ -448,7 +451,8 @@ where
                 let start = Instant::now() + Duration::from_millis(5);
                 let mut lag_max = 0u64;
                 for i in 0..n {
-                    let due = start + Duration::from_nanos((i as u128 * 1_000_000_000 / rate as u128) as u64);
+                    let due = start
+                        + Duration::from_nanos((i as u128 * 1_000_000_000 / rate as u128) as u64);
                     let now = Instant::now();
                     if due > now {
                         std::thread::sleep(due - now);
@@ -632,7 +636,9 @@ impl Freshness {
 pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
     let cfg = &opts.cfg;
     if opts.rate == 0 || opts.rounds == 0 {
-        return Err(LoadgenError::Setup("rate and rounds must be positive".into()));
+        return Err(LoadgenError::Setup(
+            "rate and rounds must be positive".into(),
+        ));
     }
     let subjects: Arc<Vec<Subject>> = Arc::new(
         (0..opts.subjects.max(10))
@@ -710,9 +716,8 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
                 let key = rec.key();
                 let at = Instant::now();
                 f.produced(version, at);
-                let _ = producer.send::<str, [u8]>(
-                    BaseRecord::to(&topic).key(key.as_str()).payload(&body[..]),
-                );
+                let _ = producer
+                    .send::<str, [u8]>(BaseRecord::to(&topic).key(key.as_str()).payload(&body[..]));
                 next += UPDATE_EVERY;
                 let now = Instant::now();
                 if next > now {
@@ -729,9 +734,8 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
     };
 
     let n_measured = (opts.rate as f64 * opts.duration.as_secs_f64()).ceil() as usize;
-    let warm = ((opts.rate as f64 * (opts.duration.as_secs_f64() / 5.0).min(2.0)).ceil()
-        as usize)
-        .max(1);
+    let warm =
+        ((opts.rate as f64 * (opts.duration.as_secs_f64() / 5.0).min(2.0)).ceil() as usize).max(1);
     let mut phases = Vec::new();
     let mut seq = 0usize;
     let tag = format!("{}lat{:x}-", opts.run_id, std::process::id());
@@ -744,8 +748,7 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
             let n = warm + n_measured;
             let base = seq;
             seq += n;
-            let (subjects, timeout, prefix) =
-                (subjects.clone(), opts.call_timeout, tag.clone());
+            let (subjects, timeout, prefix) = (subjects.clone(), opts.call_timeout, tag.clone());
             let (hist, tally, lag) = match target {
                 Target::Engine => {
                     let (client, fresh, hot) = (engine.clone(), fresh.clone(), hot.clone());
@@ -762,7 +765,7 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
                     let r = open_loop(opts.rate, n, warm, move |i, due| {
                         let (client, fresh, hot) = (client.clone(), fresh.clone(), hot.clone());
                         let k = base + i;
-                        let s = if freshness && k % HOT_EVERY == 0 {
+                        let s = if freshness && k.is_multiple_of(HOT_EVERY) {
                             hot.clone()
                         } else {
                             subjects[k % subjects.len()].clone()
@@ -771,8 +774,9 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
                         let req = loadgen::request(&s, format!("{prefix}{k}"), model);
                         async move {
                             match client.decide(&req, timeout).await {
-                                Ok(d) if d.reasons.first().map(String::as_str)
-                                    == Some(crate::vocab::reason::TIMEOUT) =>
+                                Ok(d)
+                                    if d.reasons.first().map(String::as_str)
+                                        == Some(crate::vocab::reason::TIMEOUT) =>
                                 {
                                     Call::Timeout
                                 }
@@ -803,13 +807,16 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
                         let client = client.clone();
                         let k = base + i;
                         let s = &subjects[k % subjects.len()];
-                        let req = loadgen::request(s, format!("{prefix}{k}"), loadgen::model_for(k));
+                        let req =
+                            loadgen::request(s, format!("{prefix}{k}"), loadgen::model_for(k));
                         let body = serde_json::to_vec(&req).unwrap_or_default();
                         let key = s.id.clone();
                         async move {
                             match client.call_raw(key.as_bytes(), &body, timeout).await {
                                 Ok(Some(_)) => Call::Reply {
-                                    latency_us: Instant::now().saturating_duration_since(due).as_micros()
+                                    latency_us: Instant::now()
+                                        .saturating_duration_since(due)
+                                        .as_micros()
                                         as u64,
                                     mismatch: false,
                                 },
@@ -897,7 +904,10 @@ mod tests {
         assert_eq!(r.ratio(p99), Some(2.0), "ratios 2, 3, 1: median 2");
         assert_eq!(r.median_of(Target::Echo, p99), Some(100.0));
         let text = r.to_string();
-        assert!(text.contains("engine/echo (median of per-round ratios): p50 2.00x, p99 2.00x"), "{text}");
+        assert!(
+            text.contains("engine/echo (median of per-round ratios): p50 2.00x, p99 2.00x"),
+            "{text}"
+        );
     }
 
     #[test]
