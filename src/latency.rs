@@ -42,7 +42,7 @@ use crate::loadgen::{self, LoadgenError, Subject};
 use crate::pipeline::reply;
 
 /// How often the freshness run updates the hot subject's record.
-pub const UPDATE_EVERY: Duration = Duration::from_millis(10);
+pub const UPDATE_EVERY: Duration = Duration::from_millis(5);
 /// Every this many requests, one is for the hot subject (`--freshness`).
 pub const HOT_EVERY: usize = 10;
 

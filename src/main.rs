@@ -121,7 +121,7 @@ enum Command {
         echo: bool,
         /// With `--latency`: also measure freshness, from an eligibility
         /// update produced to the first decision received that used it
-        /// (a hot subject updated every 10 ms, every 10th request its).
+        /// (a hot subject updated every 5 ms, every 10th request its).
         #[arg(long, requires = "latency")]
         freshness: bool,
         /// With `--latency`: instead of an open-loop load, keep this many
