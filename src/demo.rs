@@ -166,7 +166,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     })
     .await?;
     println!(
-        "   {} decided in {:.2} s: {:.0} decisions/s (a backlog drained; each request waits for those before it)",
+        "   {} decisions in {:.2} s: {:.0} decisions/s (a backlog drained; each request waits for those before it)",
         report.decided,
         report.elapsed_secs,
         report.throughput()
