@@ -345,6 +345,39 @@ async fn dashboard_metrics_are_exported_by_a_running_engine() {
     batch.push((b"db-x".to_vec(), b"not json".to_vec()));
     publish_raw(&p, &cfg.topics.requests, &batch);
 
+    // Request/reply: a round trip through the client (replies, client
+    // calls), and a request whose reply topic does not exist (a reply
+    // failure).
+    let reply_topic = format!("{}.replies", cfg.topics.requests);
+    crate::client::create_topic(&reply_topic, 1).await;
+    let c = crate::client::client(crate::client::client_options(&cfg, &reply_topic, Some(0))).await;
+    let req = loadgen::request(&subjects[5], "db-reply".into(), loadgen::model_for(0));
+    let d = c
+        .decide(&req, Duration::from_secs(60))
+        .await
+        .expect("round trip");
+    assert_eq!(d.request_id, "db-reply", "{d:?}");
+    let missing = format!("{}.missing", cfg.topics.requests);
+    let body = serde_json::to_vec(&loadgen::request(
+        &subjects[6],
+        "db-noreply".into(),
+        loadgen::model_for(1),
+    ))
+    .unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: clearance::pipeline::reply::REPLY_TOPIC_HEADER,
+        value: Some(missing.as_bytes()),
+    });
+    p.send(
+        rdkafka::producer::BaseRecord::to(&cfg.topics.requests)
+            .key(subjects[6].id.as_bytes())
+            .payload(&body[..])
+            .headers(headers),
+    )
+    .map_err(|(e, _)| e)
+    .expect("send");
+    loadgen::confirm_delivery(&p).expect("delivered");
+
     // Policies: one activated, one rejected, one scheduled for later, one
     // superseded (its effective time is before the active one's).
     clearance::rollout::publish_text(&cfg, &with_version("2026.12.2"), "v2.toml")
