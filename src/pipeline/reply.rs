@@ -283,8 +283,14 @@ impl ReplyRoutes {
             {
                 r
             }
+            // Due for a new lookup, and none may be made now: a topic known
+            // usable stays usable (a flood of new topics never costs the
+            // replies of a known one).
+            Some(r @ Route::Usable { .. }) if !self.take_lookup(now) => r,
             _ => {
-                if !self.take_lookup(now) {
+                // (A known usable topic reaches here only when the guard
+                // above took a lookup token already.)
+                if !matches!(known, Some(Route::Usable { .. })) && !self.take_lookup(now) {
                     return Err(self.failed(failure::LOOKUP_RATE_LIMITED, &to.topic, ""));
                 }
                 let r = match lookup.partitions(&to.topic) {
@@ -509,5 +515,28 @@ mod tests {
             .count();
         assert!(ok.calls.get() >= LOOKUPS_PER_SEC && ok.calls.get() < 30);
         assert_eq!(limited as u32 + ok.calls.get(), 100);
+    }
+
+    #[test]
+    fn a_known_topic_keeps_its_replies_while_lookups_are_rate_limited() {
+        let r = ReplyRoutes::default();
+        let ok = Fake {
+            calls: Cell::new(0),
+            answer: Ok(1),
+        };
+        assert_eq!(r.check(&ok, &to("known", None)), Ok(()));
+        // Its entry is due for a new lookup...
+        if let Some(Route::Usable { until, .. }) = r.lock_routes().get_mut("known") {
+            *until = Instant::now() - Duration::from_secs(1);
+        }
+        // ...while a flood of new topics has used every lookup.
+        for i in 0..100 {
+            let _ = r.check(&ok, &to(&format!("new{i}"), None));
+        }
+        assert_eq!(r.check(&ok, &to("known", None)), Ok(()));
+        assert_eq!(
+            r.check(&ok, &to("another-new", None)),
+            Err(failure::LOOKUP_RATE_LIMITED)
+        );
     }
 }
