@@ -499,6 +499,37 @@ where
     (h, t, lag)
 }
 
+/// The run's synthetic subjects (as `loadgen`: at least one per category).
+fn population(opts: &LatencyOptions) -> Arc<Vec<Subject>> {
+    Arc::new(
+        (0..opts.subjects.max(10))
+            .map(|i| loadgen::subject(&opts.run_id, i))
+            .collect(),
+    )
+}
+
+/// A client sending to `requests_topic` and reading its replies on
+/// partition `partition` of [`reply_topic`] (made off the async threads:
+/// `Client::new` blocks on metadata).
+fn start_client(
+    opts: &LatencyOptions,
+    requests_topic: &str,
+    partition: i32,
+    max_in_flight: usize,
+) -> Result<Arc<Client>, LoadgenError> {
+    let o = ClientOptions {
+        kafka: opts.cfg.kafka.clone(),
+        requests_topic: requests_topic.to_string(),
+        reply_topic: reply_topic(&opts.cfg),
+        reply_partition: Some(partition),
+        max_in_flight,
+        linger_ms: opts.linger_ms,
+    };
+    tokio::task::block_in_place(|| Client::new(o))
+        .map(Arc::new)
+        .map_err(|e| LoadgenError::Setup(format!("client of {requests_topic}: {e}")))
+}
+
 /// The most round trips per second the engine gives through the client on
 /// this machine: `concurrency` calls kept in flight (closed loop) for
 /// `duration` after a warm-up of a fifth of it; the rate the open-loop
@@ -510,29 +541,12 @@ pub async fn saturate(
     concurrency: usize,
 ) -> Result<(f64, usize), LoadgenError> {
     let cfg = &opts.cfg;
-    let subjects: Arc<Vec<Subject>> = Arc::new(
-        (0..opts.subjects.max(10))
-            .map(|i| loadgen::subject(&opts.run_id, i))
-            .collect(),
-    );
+    let subjects = population(opts);
     if let Some(admin) = opts.admin {
         loadgen::wait_for_assignment(admin, Duration::from_secs(120)).await?;
     }
-    let reply_topic = reply_topic(cfg);
-    ensure_topic(cfg, &reply_topic, 2).await?;
-    let client = Arc::new(
-        tokio::task::block_in_place(|| {
-            Client::new(ClientOptions {
-                kafka: cfg.kafka.clone(),
-                requests_topic: cfg.topics.requests.clone(),
-                reply_topic: reply_topic.clone(),
-                reply_partition: Some(0),
-                max_in_flight: concurrency.max(1),
-                linger_ms: opts.linger_ms,
-            })
-        })
-        .map_err(|e| LoadgenError::Setup(format!("client: {e}")))?,
-    );
+    ensure_topic(cfg, &reply_topic(cfg), 2).await?;
+    let client = start_client(opts, &cfg.topics.requests, 0, concurrency.max(1))?;
     let warm = (opts.duration / 5).min(Duration::from_secs(2));
     let start = Instant::now();
     let measure_from = start + warm;
@@ -640,11 +654,7 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
             "rate and rounds must be positive".into(),
         ));
     }
-    let subjects: Arc<Vec<Subject>> = Arc::new(
-        (0..opts.subjects.max(10))
-            .map(|i| loadgen::subject(&opts.run_id, i))
-            .collect(),
-    );
+    let subjects = population(&opts);
     if opts.seed {
         loadgen::run(loadgen::LoadOptions {
             kafka: cfg.kafka.clone(),
@@ -665,29 +675,16 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport, LoadgenError> {
     if let Some(admin) = opts.admin {
         loadgen::wait_for_assignment(admin, Duration::from_secs(120)).await?;
     }
-    let reply_topic = reply_topic(cfg);
     let echo_topic = format!("{}.loadgen.echo", cfg.topics.requests);
-    ensure_topic(cfg, &reply_topic, 2).await?;
-    let client_opts = |requests_topic: &str, partition: i32| ClientOptions {
-        kafka: cfg.kafka.clone(),
-        requests_topic: requests_topic.to_string(),
-        reply_topic: reply_topic.clone(),
-        reply_partition: Some(partition),
-        max_in_flight: 100_000,
-        linger_ms: opts.linger_ms,
-    };
-    let engine = Arc::new(
-        tokio::task::block_in_place(|| Client::new(client_opts(&cfg.topics.requests, 0)))
-            .map_err(|e| LoadgenError::Setup(format!("client: {e}")))?,
-    );
+    ensure_topic(cfg, &reply_topic(cfg), 2).await?;
+    let engine = start_client(&opts, &cfg.topics.requests, 0, 100_000)?;
     let echo = if opts.echo {
         let parts = loadgen::high_watermarks_for(&cfg.kafka, &cfg.topics.requests)?.len();
         ensure_topic(cfg, &echo_topic, parts.max(1) as i32).await?;
         let group = format!("{}-echo-{}", cfg.kafka.group_id, opts.run_id);
         let e = tokio::task::block_in_place(|| Echo::start(cfg, &echo_topic, &group))?;
-        let c = tokio::task::block_in_place(|| Client::new(client_opts(&echo_topic, 1)))
-            .map_err(|e| LoadgenError::Setup(format!("echo client: {e}")))?;
-        Some((e, Arc::new(c)))
+        let c = start_client(&opts, &echo_topic, 1, 100_000)?;
+        Some((e, c))
     } else {
         None
     };

@@ -845,12 +845,7 @@ fn publish_shadow(
     shutdown: &CancellationToken,
 ) -> Result<(), SendError> {
     let body = serde_json::to_vec(diff).map_err(|e| SendError::Encode(e.to_string()))?;
-    let ack = Box::new(Ack {
-        tracker: None,
-        partition: -1,
-        offset: -1,
-        reply: None,
-    });
+    let ack = Ack::untracked(None);
     let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.shadow, ack)
         .key(diff.request_id.as_bytes())
         .payload(body.as_slice());
@@ -881,12 +876,7 @@ fn publish_decision(
     if shared.replies.check(out.producer, to).is_err() {
         return Ok(());
     }
-    let ack = Box::new(Ack {
-        tracker: None,
-        partition: -1,
-        offset: -1,
-        reply: Some(Arc::clone(&shared.replies)),
-    });
+    let ack = Ack::untracked(Some(Arc::clone(&shared.replies)));
     let mut rec = BaseRecord::with_opaque_to(&to.topic, ack)
         .key(decision.request_id.as_bytes())
         .payload(body.as_slice());

@@ -30,6 +30,19 @@ pub struct Ack {
     pub(crate) reply: Option<Arc<crate::pipeline::reply::ReplyRoutes>>,
 }
 
+impl Ack {
+    /// The opaque of a record no offset waits for (a shadow difference, or
+    /// a reply when `reply` is set).
+    pub(crate) fn untracked(reply: Option<Arc<crate::pipeline::reply::ReplyRoutes>>) -> Box<Ack> {
+        Box::new(Ack {
+            tracker: None,
+            partition: -1,
+            offset: -1,
+            reply,
+        })
+    }
+}
+
 /// Producer context: routes delivery reports to the offset trackers.
 #[derive(Debug, Default)]
 pub struct DeliveryContext;

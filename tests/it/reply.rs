@@ -10,27 +10,12 @@ use clearance::loadgen::{self, DataProducer, Subject};
 use clearance::pipeline::reply::{
     CORRELATION_ID_HEADER, REPLY_PARTITION_HEADER, REPLY_TOPIC_HEADER,
 };
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
+use crate::client::create_topic;
 use crate::harness::*;
-
-async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
-    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let r = admin
-        .create_topics([&t], &AdminOptions::new())
-        .await
-        .expect("create topic");
-    assert!(r.iter().all(|r| r.is_ok()), "create {name}: {r:?}");
-}
 
 /// How a request asks for its reply.
 #[derive(Clone, Copy)]
