@@ -134,7 +134,8 @@ pub struct EngineConfig {
     /// name plus the process id.
     pub instance_id: String,
     /// Consumer threads in this process (each owns the partitions the group
-    /// gives it).
+    /// gives it, in order within each partition). 0, the default: one per
+    /// core (`std::thread::available_parallelism`), at most 64.
     pub workers: usize,
     /// Maximum messages in the producer's local queue before backpressure.
     pub producer_queue_max_messages: u32,
@@ -172,6 +173,19 @@ pub struct EngineConfig {
     pub deletion_markers_max: usize,
 }
 
+impl EngineConfig {
+    /// The worker threads to run: `workers`, or one per core when it is 0.
+    pub fn effective_workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(64),
+            n => n,
+        }
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -180,7 +194,7 @@ impl Default for EngineConfig {
             transaction_max_ms: 100,
             staleness_bound_secs: 300,
             instance_id: String::new(),
-            workers: 1,
+            workers: 0,
             producer_queue_max_messages: 100_000,
             producer_linger_ms: 1,
             commit_interval_ms: 1000,
@@ -503,8 +517,11 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     if cfg.topics.replication_factor < 1 {
         bad("topics.replication_factor", "must be at least 1".into());
     }
-    if !(1..=64).contains(&cfg.engine.workers) {
-        bad("engine.workers", "must be between 1 and 64".into());
+    if cfg.engine.workers > 64 {
+        bad(
+            "engine.workers",
+            "must be between 1 and 64, or 0 for one per core".into(),
+        );
     }
     if cfg.engine.producer_queue_max_messages < 1 {
         bad(
@@ -746,6 +763,24 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("security.protocol"), "{err}");
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core() {
+        let mut e = EngineConfig::default();
+        assert_eq!(e.workers, 0);
+        let cores = std::thread::available_parallelism().unwrap().get().min(64);
+        assert_eq!(e.effective_workers(), cores);
+        e.workers = 3;
+        assert_eq!(e.effective_workers(), 3);
+        let mut c = Config::default();
+        c.engine.workers = 65;
+        let mut errors = Vec::new();
+        validate(&c, &|_: &str| String::new(), &mut errors);
+        assert!(
+            errors.iter().any(|e| e.field == "engine.workers"),
+            "{errors:?}"
+        );
     }
 
     #[test]

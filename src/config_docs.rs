@@ -500,7 +500,7 @@ mod tests {
         assert!(problems.is_empty(), "{}", problems.join("\n"));
         let k = keys.iter().find(|k| k.path() == "engine.workers").unwrap();
         assert_eq!(k.env_var(), "CLEARANCE_ENGINE__WORKERS");
-        assert_eq!(k.default, serde_json::json!(1));
+        assert_eq!(k.default, serde_json::json!(0));
         assert!(k.doc.starts_with("Consumer threads"), "{}", k.doc);
     }
 

@@ -549,7 +549,7 @@ async fn supervise(
     }
 
     let mut workers = Vec::new();
-    for w in 0..shared.cfg.engine.workers {
+    for w in 0..shared.cfg.engine.effective_workers() {
         let (sh, stop) = (Arc::clone(&shared), shutdown.clone());
         workers.push(tokio::task::spawn_blocking(move || {
             let r = pipeline::run_worker(sh, w, stop.clone());

@@ -151,6 +151,106 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Whether [`install`] has run in this process (a global recorder is set,
+/// ours or an embedding program's).
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
+/// The metrics the request path records for every decision, with their
+/// handles resolved once per thread: no registry lookup (a hash of the
+/// name and labels) and no label allocation per decision. Until
+/// [`install`] has run, each call resolves its handle again (into whatever
+/// recorder is set), so a handle resolved before the recorder existed is
+/// never kept.
+pub mod hot {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use metrics::{Counter, Gauge, Histogram};
+
+    use super::*;
+
+    /// `decisions_total` handles by (outcome, reason), then model.
+    type DecisionCounters = HashMap<(&'static str, &'static str), HashMap<String, Counter>>;
+
+    struct Handles {
+        in_flight: Gauge,
+        replies: Counter,
+        processing: Histogram,
+        latency: Histogram,
+        decisions: DecisionCounters,
+    }
+
+    impl Handles {
+        fn resolve() -> Self {
+            Self {
+                in_flight: metrics::gauge!(IN_FLIGHT_MESSAGES),
+                replies: metrics::counter!(REPLIES_TOTAL),
+                processing: metrics::histogram!(PROCESSING_SECONDS),
+                latency: metrics::histogram!(DECISION_LATENCY_SECONDS),
+                decisions: HashMap::new(),
+            }
+        }
+    }
+
+    thread_local! {
+        static HANDLES: RefCell<Option<Handles>> = const { RefCell::new(None) };
+    }
+
+    fn with<R>(f: impl FnOnce(&mut Handles) -> R) -> R {
+        if !installed() {
+            return f(&mut Handles::resolve());
+        }
+        HANDLES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut h) => f(h.get_or_insert_with(Handles::resolve)),
+            // Re-entered (a metric recorded while recording one): resolve.
+            Err(_) => f(&mut Handles::resolve()),
+        })
+    }
+
+    /// [`IN_FLIGHT_MESSAGES`] up by one (a record handed to the producer).
+    pub fn in_flight_added() {
+        with(|h| h.in_flight.increment(1.0));
+    }
+
+    /// [`IN_FLIGHT_MESSAGES`] down by one (a delivery report).
+    pub fn in_flight_done() {
+        with(|h| h.in_flight.decrement(1.0));
+    }
+
+    /// [`REPLIES_TOTAL`] up by one.
+    pub fn reply_delivered() {
+        with(|h| h.replies.increment(1));
+    }
+
+    /// A [`PROCESSING_SECONDS`] sample.
+    pub fn processing(secs: f64) {
+        with(|h| h.processing.record(secs));
+    }
+
+    /// A [`DECISION_LATENCY_SECONDS`] sample.
+    pub fn decision_latency(secs: f64) {
+        with(|h| h.latency.record(secs));
+    }
+
+    /// [`DECISIONS_TOTAL`] up by one for (`outcome`, `reason`, `model`).
+    /// `model` must be a bounded label (a catalog id or `unknown`).
+    pub fn decision(outcome: &'static str, reason: &'static str, model: &str) {
+        with(|h| {
+            let by_model = h.decisions.entry((outcome, reason)).or_default();
+            match by_model.get(model) {
+                Some(c) => c.increment(1),
+                None => {
+                    let c = metrics::counter!(DECISIONS_TOTAL, "outcome" => outcome, "reason" => reason, "model" => model.to_string());
+                    c.increment(1);
+                    by_model.insert(model.to_string(), c);
+                }
+            }
+        });
+    }
+}
+
 /// Fold the histogram samples into their buckets every [`UPKEEP_INTERVAL`],
 /// for the life of the process (the recorder lives as long).
 fn start_upkeep(handle: PrometheusHandle) {

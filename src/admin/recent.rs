@@ -44,7 +44,8 @@ pub struct DecisionLog {
 #[derive(Debug, Default)]
 struct Inner {
     by_model: BTreeMap<String, [u64; 2]>,
-    denials: VecDeque<Denial>,
+    /// Formatted when read (the status page), not per denial.
+    denials: VecDeque<(time::OffsetDateTime, String, Vec<String>)>,
 }
 
 /// Counts by outcome.
@@ -99,14 +100,8 @@ impl DecisionLog {
             if g.denials.len() == RECENT_DENIALS {
                 g.denials.pop_front();
             }
-            g.denials.push_back(Denial {
-                at: d
-                    .decided_at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-                request_id: d.request_id.clone(),
-                reasons: d.reasons.clone(),
-            });
+            g.denials
+                .push_back((d.decided_at, d.request_id.clone(), d.reasons.clone()));
         }
     }
 
@@ -138,7 +133,17 @@ impl DecisionLog {
     /// The recent denials, newest first.
     pub fn denials(&self) -> Vec<Denial> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.denials.iter().rev().cloned().collect()
+        g.denials
+            .iter()
+            .rev()
+            .map(|(at, request_id, reasons)| Denial {
+                at: at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                request_id: request_id.clone(),
+                reasons: reasons.clone(),
+            })
+            .collect()
     }
 }
 

@@ -100,7 +100,7 @@ struct WorkerContext {
     topic: String,
     assigned: Arc<Mutex<BTreeSet<i32>>>,
     tracker: Arc<Tracker>,
-    producer: EngineProducer,
+    /// Bound on the wait for a revoked partition's deliveries.
     flush_timeout: Duration,
     eos: bool,
     /// Revocations seen (exactly-once: a batch that spans a revocation is
@@ -137,20 +137,30 @@ impl ConsumerContext for WorkerContext {
                 // that move (incremental); the others keep being decided.
                 metrics::counter!(m::REBALANCES_TOTAL, "kind" => "revoke").increment(1);
                 self.revocations.fetch_add(1, Ordering::AcqRel);
-                // At-least-once: finish what is in flight so its offsets can
-                // be committed before another member takes the partitions
-                // over. (Exactly-once commits offsets in the transaction; an
-                // open one fails its commit with a fencing error and aborts.)
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                // At-least-once: wait for the revoked partitions' own
+                // deliveries (the shared producer is not flushed: the other
+                // workers' partitions keep flowing) so that their offsets
+                // can be committed before another member takes them over.
+                // (Exactly-once commits offsets in the transaction; an open
+                // one fails its commit with a fencing error and aborts.)
                 if !self.eos {
-                    if let Err(e) = self.producer.flush(self.flush_timeout) {
-                        tracing::warn!(error = %e, "flush on revoke did not finish; the new owner may decide some requests again");
+                    let deadline = Instant::now() + self.flush_timeout;
+                    while self.tracker.pending_in(&parts) > 0
+                        && self.tracker.failure().is_none()
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let left = self.tracker.pending_in(&parts);
+                    if left > 0 {
+                        tracing::warn!(left, "revoked partitions' deliveries did not all finish; the new owner may decide some requests again");
                     }
                     store_done(consumer, &self.topic, &self.tracker);
                     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                         tracing::debug!(error = %e, "commit on revoke");
                     }
                 }
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.tracker.forget(&parts);
                 let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
                 for p in &parts {
@@ -216,7 +226,6 @@ pub fn run_worker(
             topic: topic.clone(),
             assigned: Arc::clone(&shared.assigned),
             tracker: Arc::clone(&tracker),
-            producer: shared.producer.clone(),
             flush_timeout: Duration::from_millis(cfg.engine.shutdown_timeout_ms),
             eos,
             revocations: Default::default(),
@@ -697,7 +706,7 @@ fn process(
             let r = publish_decision(
                 shared, out, &decision, reply_to, partition, offset, shutdown,
             );
-            metrics::histogram!(m::PROCESSING_SECONDS).record(started.elapsed().as_secs_f64());
+            m::hot::processing(started.elapsed().as_secs_f64());
             r
         }
         Err(err) => {
@@ -772,15 +781,15 @@ fn decide_request_as(
     let verdict = decide(&policy, &elig, &req);
     let now = OffsetDateTime::now_utc();
     let latency = (now - req.event_time).as_seconds_f64().max(0.0);
-    metrics::histogram!(m::DECISION_LATENCY_SECONDS).record(latency);
+    m::hot::decision_latency(latency);
     // Bounded label: catalog models only.
     let model_label = if verdict.reasons.contains(&reason::UNKNOWN_MODEL) {
-        "unknown".to_string()
+        "unknown"
     } else {
-        req.model.clone()
+        req.model.as_str()
     };
     for r in &verdict.reasons {
-        metrics::counter!(m::DECISIONS_TOTAL, "outcome" => verdict.outcome.as_str(), "reason" => *r, "model" => model_label.clone()).increment(1);
+        m::hot::decision(verdict.outcome.as_str(), r, model_label);
     }
     Decision {
         request_id: req.request_id.clone(),
@@ -865,10 +874,43 @@ fn publish_decision(
     shutdown: &CancellationToken,
 ) -> Result<(), SendError> {
     crate::admin::recent::record(decision);
-    let body = serde_json::to_vec(decision).map_err(|e| SendError::Encode(e.to_string()))?;
+    ENCODE_BUFFER.with(|cell| {
+        // Re-entered (cannot happen on the request path): a fresh buffer.
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let body = match guard.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut fresh,
+        };
+        body.clear();
+        serde_json::to_writer(&mut *body, decision)
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        send_decision(
+            shared, out, decision, body, reply_to, partition, offset, shutdown,
+        )
+    })
+}
+
+thread_local! {
+    /// The encoded decision, reused from one decision to the next (the
+    /// producer copies the payload).
+    static ENCODE_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_decision(
+    shared: &Shared,
+    out: &Output<'_>,
+    decision: &Decision,
+    body: &[u8],
+    reply_to: Option<&reply::ReplyTo>,
+    partition: i32,
+    offset: i64,
+    shutdown: &CancellationToken,
+) -> Result<(), SendError> {
     let rec = BaseRecord::with_opaque_to(&shared.cfg.topics.decisions, out.ack(partition, offset))
         .key(decision.request_id.as_bytes())
-        .payload(body.as_slice());
+        .payload(body);
     send_with_backpressure(out.producer, rec, shutdown)?;
     let Some(to) = reply_to else {
         return Ok(());
@@ -879,7 +921,7 @@ fn publish_decision(
     let ack = Ack::untracked(Some(Arc::clone(&shared.replies)));
     let mut rec = BaseRecord::with_opaque_to(&to.topic, ack)
         .key(decision.request_id.as_bytes())
-        .payload(body.as_slice());
+        .payload(body);
     if let Some(p) = to.partition {
         rec = rec.partition(p);
     }

@@ -58,11 +58,11 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
-        metrics::gauge!(m::IN_FLIGHT_MESSAGES).decrement(1.0);
+        m::hot::in_flight_done();
         match result {
             Ok(_) => {
                 if ack.reply.is_some() {
-                    metrics::counter!(m::REPLIES_TOTAL).increment(1);
+                    m::hot::reply_delivered();
                 }
                 if let Some(t) = &ack.tracker {
                     t.ack(ack.partition, ack.offset);
@@ -120,7 +120,7 @@ pub fn send_with_backpressure(
     loop {
         match producer.send(record) {
             Ok(()) => {
-                metrics::gauge!(m::IN_FLIGHT_MESSAGES).increment(1.0);
+                m::hot::in_flight_added();
                 return Ok(());
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {

@@ -29,7 +29,6 @@
 //!   failed reply delivery aborts that transaction once, the topic is then
 //!   remembered as unusable and the batch is decided again without it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -211,7 +210,8 @@ struct Bucket {
 /// What the process knows of reply topics, shared by every worker.
 #[derive(Debug)]
 pub struct ReplyRoutes {
-    routes: Mutex<HashMap<String, Route>>,
+    /// Sharded: every reply reads it, so no process-wide lock per reply.
+    routes: dashmap::DashMap<String, Route>,
     lookups: Mutex<Bucket>,
     last_warn: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
@@ -220,7 +220,7 @@ pub struct ReplyRoutes {
 impl Default for ReplyRoutes {
     fn default() -> Self {
         Self {
-            routes: Mutex::new(HashMap::new()),
+            routes: dashmap::DashMap::new(),
             lookups: Mutex::new(Bucket {
                 tokens: f64::from(LOOKUPS_PER_SEC),
                 at: Instant::now(),
@@ -276,7 +276,8 @@ impl ReplyRoutes {
     /// most [`LOOKUP_TIMEOUT`]) when it is not known.
     pub fn check(&self, lookup: &impl TopicLookup, to: &ReplyTo) -> Result<(), &'static str> {
         let now = Instant::now();
-        let known = self.lock_routes().get(&to.topic).copied();
+        // Copied out at once: no map guard is held past this line.
+        let known = self.routes.get(&to.topic).map(|r| *r);
         let route = match known {
             Some(r @ Route::Usable { until, .. }) | Some(r @ Route::Unusable { until, .. })
                 if until > now =>
@@ -303,11 +304,10 @@ impl ReplyRoutes {
                         until: now + UNUSABLE_TTL,
                     },
                 };
-                let mut routes = self.lock_routes();
-                if routes.len() >= MAX_TOPICS {
-                    routes.clear();
+                if self.routes.len() >= MAX_TOPICS {
+                    self.routes.clear();
                 }
-                routes.insert(to.topic.clone(), r);
+                self.routes.insert(to.topic.clone(), r);
                 r
             }
         };
@@ -332,7 +332,7 @@ impl ReplyRoutes {
     /// A reply's delivery failed: count it, and skip the topic for
     /// [`UNUSABLE_TTL`].
     pub fn delivery_failed(&self, topic: &str, e: &KafkaError) {
-        self.lock_routes().insert(
+        self.routes.insert(
             topic.to_string(),
             Route::Unusable {
                 why: failure::DELIVERY_FAILED,
@@ -340,10 +340,6 @@ impl ReplyRoutes {
             },
         );
         self.failed(failure::DELIVERY_FAILED, topic, &e.to_string());
-    }
-
-    fn lock_routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn take_lookup(&self, now: Instant) -> bool {
@@ -526,7 +522,7 @@ mod tests {
         };
         assert_eq!(r.check(&ok, &to("known", None)), Ok(()));
         // Its entry is due for a new lookup...
-        if let Some(Route::Usable { until, .. }) = r.lock_routes().get_mut("known") {
+        if let Some(Route::Usable { until, .. }) = r.routes.get_mut("known").as_deref_mut() {
             *until = Instant::now() - Duration::from_secs(1);
         }
         // ...while a flood of new topics has used every lookup.

@@ -21,6 +21,7 @@ struct PartitionTrack {
 pub struct Tracker {
     parts: Mutex<HashMap<i32, PartitionTrack>>,
     dirty: AtomicBool,
+    failed: AtomicBool,
     failure: Mutex<Option<String>>,
 }
 
@@ -74,10 +75,15 @@ impl Tracker {
     pub fn fail(&self, message: String) {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         f.get_or_insert(message);
+        self.failed.store(true, Ordering::Release);
     }
 
     /// The first permanent failure, if any.
     pub fn failure(&self) -> Option<String> {
+        // The worker asks after every message: no lock until one happened.
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -107,6 +113,16 @@ impl Tracker {
     pub fn pending(&self) -> usize {
         self.lock().values().map(|t| t.pending.len()).sum()
     }
+
+    /// Offsets registered and not yet fully delivered in `partitions`.
+    pub fn pending_in(&self, partitions: &[i32]) -> usize {
+        let g = self.lock();
+        partitions
+            .iter()
+            .filter_map(|p| g.get(p))
+            .map(|t| t.pending.len())
+            .sum()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -132,6 +148,25 @@ mod tests {
         t.ack(0, 11);
         assert_eq!(t.take_done(), vec![(0, 13)]);
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn pending_counts_by_partition() {
+        let t = Tracker::default();
+        t.begin(0, 10, 1);
+        t.begin(0, 11, 2);
+        t.begin(1, 5, 1);
+        assert_eq!(t.pending_in(&[0]), 2);
+        assert_eq!(t.pending_in(&[1, 7]), 1);
+        t.ack(0, 10);
+        t.ack(0, 11);
+        assert_eq!(t.pending_in(&[0]), 1, "offset 11 awaits a second delivery");
+        t.ack(0, 11);
+        assert_eq!(t.pending_in(&[0]), 0);
+        assert_eq!(t.pending(), 1);
+        assert!(t.failure().is_none());
+        t.fail("x".into());
+        assert_eq!(t.failure().as_deref(), Some("x"));
     }
 
     #[test]

@@ -87,7 +87,7 @@ fn bad_config_reports_every_field() {
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,
-        "[engine]\nworkers = 0\nunknown_knob = 1\n[admin]\nlisten = \"not an address\"\n",
+        "[engine]\nworkers = 65\nunknown_knob = 1\n[admin]\nlisten = \"not an address\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
