@@ -94,6 +94,9 @@ public final class ClearancePeer {
         p.put(StreamsConfig.producerPrefix(ProducerConfig.COMPRESSION_TYPE_CONFIG), "lz4");
         p.put(StreamsConfig.producerPrefix(ProducerConfig.LINGER_MS_CONFIG), linger);
         p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
+        // The default (log and fail) for the global thread too; set, it also
+        // silences a deprecation warning of 4.4.
+        p.put("processing.exception.handler.global.enabled", true);
 
         Topology topology = topology(requests, feed, out, store.equals("memory"));
         System.err.println(topology.describe());

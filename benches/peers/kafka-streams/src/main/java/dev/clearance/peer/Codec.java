@@ -2,6 +2,7 @@ package dev.clearance.peer;
 
 import com.fasterxml.jackson.core.JsonFactory;
 import com.fasterxml.jackson.core.JsonParser;
+import com.fasterxml.jackson.core.JsonToken;
 import com.fasterxml.jackson.core.StreamReadFeature;
 import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
@@ -46,8 +47,120 @@ public final class Codec {
         }
     }
 
-    /** Decode an access request, or throw Malformed (with the salvaged request_id, if any). */
+    /**
+     * Decode an access request, or throw Malformed (with the salvaged
+     * request_id, if any). A streaming pass first; whatever it does not
+     * accept goes through the tree decoder, which gives the verdict.
+     */
     static Directive.Request decodeRequest(byte[] bytes) throws Malformed {
+        if (bytes != null && bytes.length > 0 && bytes.length <= MAX_INPUT_BYTES) {
+            try {
+                Directive.Request r = streamRequest(bytes);
+                if (r != null) {
+                    return r;
+                }
+            } catch (Exception e) {
+                // the tree decoder says what is wrong
+            }
+        }
+        return treeRequest(bytes);
+    }
+
+    /** The streaming decoder: the request, or null when anything is off. */
+    static Directive.Request streamRequest(byte[] bytes) throws java.io.IOException {
+        try (JsonParser p = JSON.getFactory().createParser(bytes)) {
+            if (p.nextToken() != JsonToken.START_OBJECT) {
+                return null;
+            }
+            String requestId = null, subjectId = null, model = null, eventTime = null;
+            Directive.Geo geo = null;
+            JsonToken t;
+            while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
+                String f = p.currentName();
+                JsonToken v = p.nextToken();
+                switch (f) {
+                    case "request_id" -> requestId = text(p, v);
+                    case "subject_id" -> subjectId = text(p, v);
+                    case "model" -> model = text(p, v);
+                    case "event_time" -> eventTime = text(p, v);
+                    case "organization_id" -> {
+                        if (v != JsonToken.VALUE_NULL && v != JsonToken.VALUE_STRING) {
+                            return null;
+                        }
+                    }
+                    case "geo" -> {
+                        if (v == JsonToken.VALUE_NULL) {
+                            geo = null;
+                        } else if (v != JsonToken.START_OBJECT) {
+                            return null;
+                        } else {
+                            String country = null, subdivision = null, postal = null;
+                            JsonToken g;
+                            while ((g = p.nextToken()) == JsonToken.FIELD_NAME) {
+                                String gf = p.currentName();
+                                JsonToken gv = p.nextToken();
+                                switch (gf) {
+                                    case "country" -> country = optText(p, gv);
+                                    case "subdivision" -> subdivision = optText(p, gv);
+                                    case "postal_code" -> postal = optText(p, gv);
+                                    case "confidence" -> {
+                                        if (gv != JsonToken.VALUE_NULL) {
+                                            if (!gv.isNumeric()) {
+                                                return null;
+                                            }
+                                            double c = p.getDoubleValue();
+                                            if (!(c >= 0.0 && c <= 1.0)) {
+                                                return null;
+                                            }
+                                        }
+                                    }
+                                    case "vpn", "hosting" -> {
+                                        if (!gv.isBoolean()) {
+                                            return null;
+                                        }
+                                    }
+                                    default -> p.skipChildren();
+                                }
+                                if (gf.equals("country") || gf.equals("subdivision") || gf.equals("postal_code")) {
+                                    if (gv != JsonToken.VALUE_NULL && gv != JsonToken.VALUE_STRING) {
+                                        return null;
+                                    }
+                                }
+                            }
+                            if (g != JsonToken.END_OBJECT) {
+                                return null;
+                            }
+                            geo = new Directive.Geo(country, subdivision, postal);
+                        }
+                    }
+                    default -> p.skipChildren();
+                }
+            }
+            if (t != JsonToken.END_OBJECT || p.nextToken() != null) {
+                return null;
+            }
+            if (requestId == null || subjectId == null || model == null || eventTime == null
+                    || requestId.isEmpty() || subjectId.isEmpty() || model.isEmpty() || !validEventTime(eventTime)) {
+                return null;
+            }
+            return new Directive.Request(requestId, subjectId, model, geo);
+        }
+    }
+
+    /** A string value; a marker that fails the request otherwise. */
+    private static String text(JsonParser p, JsonToken v) throws java.io.IOException {
+        if (v != JsonToken.VALUE_STRING) {
+            throw new java.io.IOException("not a string");
+        }
+        return p.getText();
+    }
+
+    private static String optText(JsonParser p, JsonToken v) throws java.io.IOException {
+        return v == JsonToken.VALUE_STRING ? p.getText() : null;
+    }
+
+    /** The tree decoder: the request, or Malformed with what is wrong. */
+    static Directive.Request treeRequest(byte[] bytes) throws Malformed {
         if (bytes == null || bytes.length == 0) {
             throw new Malformed("empty", null);
         }
@@ -129,17 +242,58 @@ public final class Codec {
         return v.textValue();
     }
 
+    /**
+     * An RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM),
+     * T and Z in either case) whose year, as written, is within 2000..=2200.
+     */
     static boolean validEventTime(String s) {
-        if (!RFC3339.matcher(s).matches()) {
+        int n = s.length();
+        if (n < 20 || !digits(s, 0, 4) || s.charAt(4) != '-' || !digits(s, 5, 7) || s.charAt(7) != '-'
+                || !digits(s, 8, 10) || (s.charAt(10) != 'T' && s.charAt(10) != 't') || !digits(s, 11, 13)
+                || s.charAt(13) != ':' || !digits(s, 14, 16) || s.charAt(16) != ':' || !digits(s, 17, 19)) {
             return false;
         }
-        try {
-            String norm = s.replace('t', 'T').replace('z', 'Z');
-            int year = OffsetDateTime.parse(norm).getYear();
-            return year >= 2000 && year <= 2200;
-        } catch (Exception e) {
+        int year = num(s, 0, 4), month = num(s, 5, 7), day = num(s, 8, 10);
+        if (year < 2000 || year > 2200 || month < 1 || month > 12 || day < 1
+                || day > java.time.YearMonth.of(year, month).lengthOfMonth()
+                || num(s, 11, 13) > 23 || num(s, 14, 16) > 59 || num(s, 17, 19) > 59) {
             return false;
         }
+        int i = 19;
+        if (s.charAt(i) == '.') {
+            int j = i + 1;
+            while (j < n && s.charAt(j) >= '0' && s.charAt(j) <= '9') {
+                j++;
+            }
+            if (j == i + 1) {
+                return false;
+            }
+            i = j;
+        }
+        if (i == n - 1) {
+            return s.charAt(i) == 'Z' || s.charAt(i) == 'z';
+        }
+        return i == n - 6 && (s.charAt(i) == '+' || s.charAt(i) == '-') && digits(s, i + 1, i + 3)
+                && s.charAt(i + 3) == ':' && digits(s, i + 4, i + 6) && num(s, i + 1, i + 3) <= 23
+                && num(s, i + 4, i + 6) <= 59;
+    }
+
+    private static boolean digits(String s, int from, int to) {
+        for (int i = from; i < to; i++) {
+            char c = s.charAt(i);
+            if (c < '0' || c > '9') {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private static int num(String s, int from, int to) {
+        int v = 0;
+        for (int i = from; i < to; i++) {
+            v = v * 10 + (s.charAt(i) - '0');
+        }
+        return v;
     }
 
     /**
@@ -148,6 +302,135 @@ public final class Codec {
      * (clearance dead-letters such a record and keeps what it had).
      */
     static Directive.User decodeUser(byte[] bytes, String subjectId) {
+        if (bytes == null || bytes.length == 0) {
+            return null;
+        }
+        try {
+            Directive.User u = streamUser(bytes, subjectId);
+            if (u != null) {
+                return u;
+            }
+        } catch (Exception e) {
+            // the tree decoder decides
+        }
+        return treeUser(bytes, subjectId);
+    }
+
+    /** The streaming user decoder: the user, or null (or an exception) when anything is off. */
+    static Directive.User streamUser(byte[] bytes, String subjectId) throws java.io.IOException {
+        try (JsonParser p = JSON.getFactory().createParser(bytes)) {
+            if (p.nextToken() != JsonToken.START_OBJECT) {
+                return null;
+            }
+            boolean isUser = false, idOk = false, versionOk = false, revoked = false;
+            Boolean usPerson = null;
+            List<Directive.Entry> entries = new ArrayList<>(2);
+            List<Directive.Entry> residencies = null;
+            JsonToken t;
+            while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
+                String f = p.currentName();
+                JsonToken v = p.nextToken();
+                switch (f) {
+                    case "kind" -> isUser = "user".equals(text(p, v));
+                    case "id" -> idOk = text(p, v).equals(subjectId);
+                    case "version" -> versionOk = v == JsonToken.VALUE_NUMBER_INT
+                            && p.getNumberType() != JsonParser.NumberType.BIG_INTEGER && p.getLongValue() >= 0;
+                    case "us_person_status" -> {
+                        switch (text(p, v)) {
+                            case "citizen", "lawful_permanent_resident", "protected_individual" -> usPerson = true;
+                            case "foreign_person", "unknown" -> usPerson = false;
+                            default -> {
+                                return null;
+                            }
+                        }
+                    }
+                    case "citizenships", "permanent_residencies" -> {
+                        boolean res = f.equals("permanent_residencies");
+                        if (v == JsonToken.VALUE_NULL) {
+                            break;
+                        }
+                        if (v != JsonToken.START_ARRAY) {
+                            return null;
+                        }
+                        List<Directive.Entry> into = entries;
+                        if (res) {
+                            residencies = new ArrayList<>(1);
+                            into = residencies;
+                        }
+                        JsonToken e;
+                        while ((e = p.nextToken()) == JsonToken.START_OBJECT) {
+                            String country = null, status = null;
+                            Object date = null;
+                            while (p.nextToken() == JsonToken.FIELD_NAME) {
+                                String ef = p.currentName();
+                                JsonToken ev = p.nextToken();
+                                switch (ef) {
+                                    case "country" -> country = text(p, ev);
+                                    case "status" -> status = text(p, ev);
+                                    case "acquired_on" -> {
+                                        date = ev == JsonToken.VALUE_NULL ? null : dateText(text(p, ev));
+                                        if (date == BAD) {
+                                            return null;
+                                        }
+                                    }
+                                    default -> p.skipChildren();
+                                }
+                            }
+                            if (country == null || (res && status == null)) {
+                                return null;
+                            }
+                            if (res && !status.equals("granted")) {
+                                if (!status.equals("pending") && !status.equals("revoked")) {
+                                    return null;
+                                }
+                                continue;
+                            }
+                            into.add(new Directive.Entry(country, (LocalDate) date));
+                        }
+                        if (e != JsonToken.END_ARRAY) {
+                            return null;
+                        }
+                    }
+                    case "revocation" -> {
+                        if (v == JsonToken.VALUE_NULL) {
+                            revoked = false;
+                            break;
+                        }
+                        if (v != JsonToken.START_OBJECT) {
+                            return null;
+                        }
+                        boolean at = false;
+                        while (p.nextToken() == JsonToken.FIELD_NAME) {
+                            String rf = p.currentName();
+                            JsonToken rv = p.nextToken();
+                            if (rf.equals("revoked_at")) {
+                                at = RFC3339.matcher(text(p, rv)).matches();
+                            } else {
+                                p.skipChildren();
+                            }
+                        }
+                        if (!at) {
+                            return null;
+                        }
+                        revoked = true;
+                    }
+                    default -> p.skipChildren();
+                }
+            }
+            if (t != JsonToken.END_OBJECT || p.nextToken() != null || !isUser || !idOk || !versionOk
+                    || usPerson == null) {
+                return null;
+            }
+            // Citizenships first, then granted residencies, as in the tree decoder.
+            if (residencies != null) {
+                entries.addAll(residencies);
+            }
+            return new Directive.User(usPerson, revoked, entries);
+        }
+    }
+
+    /** The tree user decoder (the reference the streaming one falls back to). */
+    static Directive.User treeUser(byte[] bytes, String subjectId) {
         if (bytes == null || bytes.length == 0) {
             return null;
         }
@@ -238,7 +521,11 @@ public final class Codec {
         if (!n.isTextual()) {
             return BAD;
         }
-        String s = Directive.trim(n.textValue());
+        return dateText(n.textValue());
+    }
+
+    private static Object dateText(String text) {
+        String s = Directive.trim(text);
         if (s.length() != 10 || s.charAt(4) != '-' || s.charAt(7) != '-') {
             return BAD;
         }

@@ -24,7 +24,9 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * timeout), keeps the last decision per request_id, and prints one JSON
  * line: compared (request ids in either), agree / disagree on the outcome,
  * reasons_agree (same reasons, in the same order), missing_a / missing_b,
- * duplicates_a / duplicates_b and up to 10 examples of disagreement.
+ * duplicates_a / duplicates_b, up to 10 examples of disagreement, and
+ * a_by_reasons: how many of A's decisions had each outcome and reason list
+ * (what the comparison covered).
  * Exit code 0 when every outcome agrees and nothing is missing.
  */
 public final class Compare {
@@ -56,6 +58,7 @@ public final class Compare {
         ids.addAll(db.keySet());
         long agree = 0, disagree = 0, reasonsAgree = 0, missingA = 0, missingB = 0;
         List<String> examples = new ArrayList<>();
+        java.util.TreeMap<String, Long> byReasons = new java.util.TreeMap<>();
         for (String id : ids) {
             String[] x = da.get(id);
             String[] y = db.get(id);
@@ -63,6 +66,9 @@ public final class Compare {
                 missingA++;
             } else if (y == null) {
                 missingB++;
+            }
+            if (x != null) {
+                byReasons.merge(x[0] + ":" + x[1], 1L, Long::sum);
             }
             if (x != null && y != null && x[0].equals(y[0])) {
                 agree++;
@@ -85,7 +91,12 @@ public final class Compare {
         System.out.println("{\"compared\":" + ids.size() + ",\"agree\":" + agree + ",\"disagree\":" + disagree
                 + ",\"reasons_agree\":" + reasonsAgree + ",\"missing_a\":" + missingA + ",\"missing_b\":" + missingB
                 + ",\"duplicates_a\":" + dupA[0] + ",\"duplicates_b\":" + dupB[0]
-                + ",\"examples\":[" + String.join(",", examples) + "]}");
+                + ",\"examples\":[" + String.join(",", examples) + "],\"a_by_reasons\":{"
+                + byReasons.entrySet().stream().map(e -> {
+                    StringBuilder k = new StringBuilder();
+                    Codec.quote(k, e.getKey());
+                    return k + ":" + e.getValue();
+                }).collect(java.util.stream.Collectors.joining(",")) + "}}");
         System.exit(disagree == 0 && ids.size() > 0 ? 0 : 1);
     }
 
