@@ -20,6 +20,7 @@ import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.Topology;
+import org.apache.kafka.streams.TopologyConfig;
 import org.apache.kafka.streams.kstream.Consumed;
 import org.apache.kafka.streams.kstream.GlobalKTable;
 import org.apache.kafka.streams.kstream.Materialized;
@@ -96,9 +97,9 @@ public final class ClearancePeer {
         p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
         // The default (log and fail) for the global thread too; set, it also
         // silences a deprecation warning of 4.4.
-        p.put("processing.exception.handler.global.enabled", true);
+        p.put("processing.exception.handler.global.enabled", "true");
 
-        Topology topology = topology(requests, feed, out, store.equals("memory"));
+        Topology topology = topology(p, requests, feed, out, store.equals("memory"));
         System.err.println(topology.describe());
         KafkaStreams streams = new KafkaStreams(topology, p);
 
@@ -135,8 +136,8 @@ public final class ClearancePeer {
         }
     }
 
-    static Topology topology(String requests, String feed, String out, boolean inMemory) {
-        StreamsBuilder b = new StreamsBuilder();
+    static Topology topology(Properties props, String requests, String feed, String out, boolean inMemory) {
+        StreamsBuilder b = new StreamsBuilder(new TopologyConfig(new StreamsConfig(props)));
         Materialized<String, byte[], KeyValueStore<Bytes, byte[]>> m = inMemory
                 ? Materialized.<String, byte[]>as(Stores.inMemoryKeyValueStore("eligibility"))
                 : Materialized.<String, byte[], KeyValueStore<Bytes, byte[]>>as("eligibility");
