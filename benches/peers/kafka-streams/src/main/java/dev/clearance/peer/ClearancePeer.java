@@ -120,8 +120,13 @@ public final class ClearancePeer {
             return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse
                     .SHUTDOWN_CLIENT;
         });
+        // On SIGTERM/SIGINT the JVM exits once its hooks are done, without
+        // waiting for main: the hook closes and cleans up itself.
         Thread hook = new Thread(() -> {
             streams.close(Duration.ofSeconds(30));
+            if (tempState) {
+                deleteTree(state);
+            }
             done.countDown();
         }, "shutdown");
         Runtime.getRuntime().addShutdownHook(hook);
