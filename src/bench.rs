@@ -1103,6 +1103,9 @@ pub fn render(results: &[ResultLine], meta: &ReportMeta) -> String {
     };
     let best_passthrough = |run: u32| best_named(run).map(|(_, d)| d);
     let streams = |run: u32| drains.get(&(run, "streams".to_string())).copied();
+    s.push_str(
+        "\n| ratio (median of per-run ratios) | decisions/s | process CPU per record | broker CPU per record |\n|---|---|---|---|\n",
+    );
     for name in ["clearance / best pass-through", "clearance / Kafka Streams"] {
         let peer = |run: u32| {
             if name.ends_with("pass-through") {
@@ -1430,6 +1433,11 @@ mod tests {
         );
         assert!(md.contains("- run 3, other: it broke"), "{md}");
         assert!(md.contains("| 2 | passthrough-engine | 1,000 |"), "{md}");
+        assert!(
+            md.contains("| streams | 50 |")
+                && md.contains("\n\n| ratio (median of per-run ratios) |"),
+            "a table of its own: {md}"
+        );
     }
 
     #[test]
