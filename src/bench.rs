@@ -1159,6 +1159,18 @@ pub fn render(results: &[ResultLine], meta: &ReportMeta) -> String {
             }
         }
     }
+    let partial: Vec<String> = drains
+        .iter()
+        .filter(|(_, d)| (d.records as f64) < 0.9 * d.count as f64)
+        .map(|(k, d)| format!("run {}, {}: {} of {}", k.0, k.1, d.records, d.count))
+        .collect();
+    if !partial.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Too short to measure**: less than 90% of the records were produced within the window (the watcher's first look came late: a drain of a few watcher intervals), so these figures say little: {}.",
+            partial.join("; ")
+        );
+    }
     let failures: Vec<&ResultLine> = results
         .iter()
         .filter(|r| matches!(r, ResultLine::Failure { .. }))
@@ -1432,6 +1444,21 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- run 3, other: it broke"), "{md}");
+        assert!(!md.contains("Too short"), "{md}");
+        let mut short = drain(100.0, 1.0, 1.0);
+        short.records = 442;
+        let short_md = render(
+            &[ResultLine::Drain {
+                run: 1,
+                contender: "passthrough-engine".into(),
+                drain: short,
+            }],
+            &ReportMeta::default(),
+        );
+        assert!(
+            short_md.contains("run 1, passthrough-engine: 442 of 1000"),
+            "{short_md}"
+        );
         assert!(md.contains("| 2 | passthrough-engine | 1,000 |"), "{md}");
         assert!(
             md.contains("| streams | 50 |")
