@@ -45,10 +45,14 @@
 //!   request and get its decision back, or a fail-closed `timeout` deny.
 //! - [`loadgen`], [`latency`], [`demo`]: tools built on the same core
 //!   (`latency`: the round trip a frontend sees, the echo baseline, freshness).
+//! - [`bench`]: the drain benchmark's pieces (`clearance bench`,
+//!   `scripts/bench`): the pass-through pipe, the drain watcher, the outcome
+//!   comparison, the input loader and the Markdown report.
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod config_docs;

@@ -229,6 +229,294 @@ enum Command {
     /// candidate policy (what-if, --policy), and report every difference.
     /// Exit code 0: no difference; 1: differences or bad records; 2: error.
     Replay(ReplayArgs),
+    /// The drain benchmark's tools (`scripts/bench`; BENCHMARKS.md, "Drain").
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// A no-work pipe: consume INPUT and produce the same key and value to
+    /// OUTPUT, offsets stored after delivery (the engine's at-least-once
+    /// path). Prints READY once a partition is assigned; runs until SIGTERM.
+    Passthrough {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Input topic.
+        #[arg(long)]
+        input: String,
+        /// Output topic.
+        #[arg(long)]
+        output: String,
+        /// Consumer group (default: `kafka.group_id`).
+        #[arg(long)]
+        group: Option<String>,
+        /// `engine`: exactly clearance's client settings; `batched`: the best
+        /// batching settings found.
+        #[arg(long, default_value = "engine")]
+        profile: String,
+        /// Consumer threads (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Extra librdkafka property KEY=VALUE for every client (repeatable;
+        /// wins over the profile).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Measure one contender's drain: poll TOPIC's high watermarks, clock
+    /// from the first output record to COUNT, CPU of PID (and descendants)
+    /// and of the broker over that window, peak RSS; one JSON line.
+    Watch {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        bootstrap: String,
+        /// The contender's output topic.
+        #[arg(long)]
+        topic: String,
+        /// Records to wait for.
+        #[arg(long)]
+        count: u64,
+        /// The contender's process.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// The broker's process.
+        #[arg(long)]
+        broker_pid: Option<u32>,
+        /// Milliseconds between two looks.
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
+    /// Compare the outcomes (`request_id`, `outcome`) of two topics; exit 0
+    /// when every request is in both with the same outcome, 1 otherwise.
+    /// Prints one JSON line.
+    Compare {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        bootstrap: String,
+        /// First topic.
+        #[arg(long)]
+        a: String,
+        /// Second topic.
+        #[arg(long)]
+        b: String,
+        /// Give up reading after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Publish the benchmark's input once: the subjects' eligibility records
+    /// and the requests (topics created if missing).
+    Load {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        bootstrap: String,
+        /// Requests topic.
+        #[arg(long)]
+        requests_topic: String,
+        /// Change-feed topic (created compacted).
+        #[arg(long)]
+        feed_topic: String,
+        /// Partitions of both when created.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+        /// Requests.
+        #[arg(long, default_value_t = 2_000_000)]
+        requests: usize,
+        /// Subjects.
+        #[arg(long, default_value_t = 200_000)]
+        subjects: usize,
+        /// Prefix of subject and request ids.
+        #[arg(long, default_value = "bench")]
+        run_id: String,
+    },
+    /// Create a topic if it is missing.
+    Topic {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        bootstrap: String,
+        /// The topic.
+        #[arg(long)]
+        name: String,
+        /// Partitions.
+        #[arg(long, default_value_t = 8)]
+        partitions: i32,
+    },
+    /// Render a results file (JSON lines of `scripts/bench`) as Markdown;
+    /// with --into, replace the `<!-- bench:begin -->` section of that file.
+    Report {
+        /// The results file.
+        #[arg(long)]
+        results: PathBuf,
+        /// The command that produced them.
+        #[arg(long, default_value = "scripts/bench")]
+        command: String,
+        /// A line describing the input.
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Replace the marked section of this file instead of printing.
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
+}
+
+fn kafka_on(bootstrap: &str) -> clearance::config::KafkaConfig {
+    clearance::config::KafkaConfig {
+        bootstrap_servers: bootstrap.to_string(),
+        ..Default::default()
+    }
+}
+
+async fn bench_command(command: BenchCommand) -> Result<ExitCode> {
+    use clearance::bench;
+    match command {
+        BenchCommand::Passthrough {
+            config,
+            input,
+            output,
+            group,
+            profile,
+            threads,
+            set,
+        } => {
+            let mut cfg = config.load()?;
+            if let Some(g) = group {
+                cfg.kafka.group_id = g;
+            }
+            let profile: bench::Profile = profile.parse()?;
+            for kv in &set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--set {kv}: KEY=VALUE"))?;
+                if clearance::kafka::protected(k).is_some() {
+                    bail!("--set {k}: a protected setting (see `clearance config`)");
+                }
+                cfg.kafka.properties.insert(k.into(), v.into());
+            }
+            profile.apply(&mut cfg);
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let opts = bench::PassthroughOptions {
+                cfg,
+                input,
+                output,
+                threads,
+            };
+            let shutdown = shutdown_on_signals();
+            let n = tokio::task::spawn_blocking(move || {
+                bench::passthrough(
+                    &opts,
+                    || {
+                        use std::io::Write;
+                        println!("READY");
+                        let _ = std::io::stdout().flush();
+                    },
+                    &shutdown,
+                )
+            })
+            .await??;
+            eprintln!("passed {n} records ({})", profile.as_str());
+        }
+        BenchCommand::Watch {
+            bootstrap,
+            topic,
+            count,
+            pid,
+            broker_pid,
+            interval_ms,
+            timeout_secs,
+        } => {
+            let opts = bench::WatchOptions {
+                kafka: kafka_on(&bootstrap),
+                topic,
+                count,
+                pid,
+                broker_pid,
+                interval: Duration::from_millis(interval_ms.max(1)),
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let r = tokio::task::spawn_blocking(move || bench::watch(&opts)).await??;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        BenchCommand::Compare {
+            bootstrap,
+            a,
+            b,
+            timeout_secs,
+        } => {
+            let k = kafka_on(&bootstrap);
+            let r = tokio::task::spawn_blocking(move || {
+                bench::compare(&k, &a, &b, Duration::from_secs(timeout_secs))
+            })
+            .await?
+            .map_err(|e| tool_error(e.into()))?;
+            println!("{}", serde_json::to_string(&r)?);
+            if !r.all_agree() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        BenchCommand::Load {
+            bootstrap,
+            requests_topic,
+            feed_topic,
+            partitions,
+            requests,
+            subjects,
+            run_id,
+        } => {
+            let l = bench::load(&bench::LoadOptions {
+                kafka: kafka_on(&bootstrap),
+                requests_topic,
+                feed_topic,
+                partitions,
+                requests,
+                subjects,
+                run_id,
+            })
+            .await?;
+            println!(
+                "published {} eligibility records and {} requests ({} bytes of values, {:.0} on average)",
+                l.records,
+                l.requests,
+                l.request_bytes,
+                l.request_bytes as f64 / l.requests.max(1) as f64
+            );
+        }
+        BenchCommand::Topic {
+            bootstrap,
+            name,
+            partitions,
+        } => bench::create_topic(&kafka_on(&bootstrap), &name, partitions, &[]).await?,
+        BenchCommand::Report {
+            results,
+            command,
+            input,
+            into,
+        } => {
+            let text = std::fs::read_to_string(&results)
+                .with_context(|| format!("cannot read {}", results.display()))?;
+            let meta = bench::ReportMeta {
+                command,
+                date: time::OffsetDateTime::now_utc().date().to_string(),
+                machine: bench::machine(),
+                input,
+            };
+            let md = bench::render(&bench::parse_results(&text)?, &meta);
+            match into {
+                Some(path) => {
+                    let doc = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    std::fs::write(&path, bench::replace_section(&doc, &md)?)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                None => print!("{md}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
@@ -947,6 +1235,7 @@ async fn cli_main() -> Result<ExitCode> {
                 problems.join("\n  ")
             ),
         },
+        Command::Bench { command } => return bench_command(command).await,
         Command::Replay(args) => {
             let code = tokio::task::block_in_place(|| replay_command(args));
             std::process::exit(code);

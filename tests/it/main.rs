@@ -3,6 +3,7 @@
 //! `KAFKA_BOOTSTRAP_SERVERS`).
 
 mod admin;
+mod bench;
 mod cli;
 mod client;
 mod dashboard;
