@@ -944,6 +944,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// The contender names `scripts/bench` uses, in the table's order.
 pub const CONTENDERS: &[&str] = &[
     "clearance",
+    "clearance-eos",
     "passthrough-engine",
     "passthrough-batched",
     "streams",
@@ -1106,9 +1107,26 @@ pub fn render(results: &[ResultLine], meta: &ReportMeta) -> String {
     s.push_str(
         "\n| ratio (median of per-run ratios) | decisions/s | process CPU per record | broker CPU per record |\n|---|---|---|---|\n",
     );
-    for name in ["clearance / best pass-through", "clearance / Kafka Streams"] {
+    let at_least_once = |run: u32| drains.get(&(run, "clearance".to_string())).copied();
+    let eos = contenders.iter().any(|c| c == "clearance-eos");
+    for name in [
+        "clearance / best pass-through",
+        "clearance / Kafka Streams",
+        "clearance exactly-once / at-least-once",
+    ] {
+        let exactly_once = name.contains("exactly-once");
+        if exactly_once && !eos {
+            continue;
+        }
+        let subject = if exactly_once {
+            "clearance-eos"
+        } else {
+            "clearance"
+        };
         let peer = |run: u32| {
-            if name.ends_with("pass-through") {
+            if exactly_once {
+                at_least_once(run)
+            } else if name.ends_with("pass-through") {
                 best_passthrough(run)
             } else {
                 streams(run)
@@ -1119,7 +1137,7 @@ pub fn render(results: &[ResultLine], meta: &ReportMeta) -> String {
             let v: Vec<f64> = runs
                 .iter()
                 .filter_map(|run| {
-                    let c = drains.get(&(*run, "clearance".to_string()))?;
+                    let c = drains.get(&(*run, subject.to_string()))?;
                     let p = peer(*run)?;
                     let (x, y) = (f(c)?, f(p)?);
                     (y > 0.0).then(|| x / y)
@@ -1445,6 +1463,26 @@ mod tests {
         );
         assert!(md.contains("- run 3, other: it broke"), "{md}");
         assert!(!md.contains("Too short"), "{md}");
+        assert!(!md.contains("exactly-once / at-least-once"), "no eos runs: {md}");
+        // Exactly-once against at-least-once, within each run: 50/100,
+        // 84/120, 72/90: median 0.7.
+        for (run, cl) in [(1, 50.0), (2, 84.0), (3, 72.0)] {
+            results.push(ResultLine::Drain {
+                run,
+                contender: "clearance-eos".into(),
+                drain: drain(cl, 1.0, 1.0),
+            });
+        }
+        let md = render(&results, &ReportMeta::default());
+        let eos_row = md
+            .lines()
+            .find(|l| l.starts_with("| clearance exactly-once / at-least-once |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        assert!(
+            eos_row.starts_with("| clearance exactly-once / at-least-once | 0.70x |"),
+            "{md}"
+        );
+        assert!(md.find("| clearance |").unwrap() < md.find("| clearance-eos |").unwrap());
         let mut short = drain(100.0, 1.0, 1.0);
         short.records = 442;
         let short_md = render(
