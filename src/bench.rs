@@ -1463,7 +1463,10 @@ mod tests {
         );
         assert!(md.contains("- run 3, other: it broke"), "{md}");
         assert!(!md.contains("Too short"), "{md}");
-        assert!(!md.contains("exactly-once / at-least-once"), "no eos runs: {md}");
+        assert!(
+            !md.contains("exactly-once / at-least-once"),
+            "no eos runs: {md}"
+        );
         // Exactly-once against at-least-once, within each run: 50/100,
         // 84/120, 72/90: median 0.7.
         for (run, cl) in [(1, 50.0), (2, 84.0), (3, 72.0)] {
