@@ -127,8 +127,8 @@ pub struct EngineConfig {
     /// transaction closes after `transaction_max_ms`; this bound only
     /// matters when requests queue up. 10,000 (it was 1,000): on the 2-core
     /// machine's drain benchmark exactly-once went from 0.14x to 0.62x the
-    /// at-least-once throughput (BENCHMARKS.md, "Drain"), and 100,000 gave
-    /// no more (0.51x).
+    /// at-least-once throughput (BENCHMARKS.md, "Exactly-once against
+    /// at-least-once"), and 100,000 gave no more (0.51x).
     pub transaction_max_messages: usize,
     /// Exactly-once: longest a transaction stays open collecting requests.
     pub transaction_max_ms: u64,

@@ -109,10 +109,12 @@ pub const CLIENT_DEFAULTS: &[(&str, &str)] = &[("socket.nagle.disable", "true")]
 /// `fetch.queue.backoff.ms`: once `queued.min.messages` (100,000) are
 /// prefetched, librdkafka postpones the next fetch of that partition by
 /// this long, 1,000 ms by default; a consumer that drains its queue faster
-/// than that then idles, waiting for the backoff. Measured on the 2-core
-/// machine (issue 12): a pass-through pipe with clearance's settings went
-/// from about 139,000 to 565,000 records/s with 20 ms, and the engine from
-/// 106,000 to 127,500 decisions/s. Not for the request consumers in
+/// than that then idles, waiting for the backoff. Issue 12 reports, on the
+/// 2-core machine, a pass-through pipe going from about 139,000 to 565,000
+/// records/s with 20 ms, and the engine from 106,000 to 127,500
+/// decisions/s; the drain benchmark's own trials on a loaded machine could
+/// not tell 20 ms from the default apart (BENCHMARKS.md, "The batched
+/// profile: what was tried"). Not for the request consumers in
 /// exactly-once mode (see [`request_consumer_config`]).
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "20")];
 
@@ -238,7 +240,7 @@ pub fn request_consumer_config(cfg: &Config, worker: usize) -> ClientConfig {
     // this machine (request/reply at 5,000 requests/s: 0 of 40,000
     // answered within 2 s, against 39,015 with librdkafka's 1,000 ms;
     // about a tenth of the transactions committed), for a reason not yet
-    // understood (BENCHMARKS.md, "Exactly-once").
+    // understood (BENCHMARKS.md, "Exactly-once against at-least-once").
     if cfg.engine.delivery != crate::config::DeliveryMode::ExactlyOnce {
         d.extend(consumer_defaults());
     }
