@@ -45,7 +45,7 @@ use crate::config::{Config, KafkaConfig};
 use crate::kafka::KafkaBoundaryError;
 use crate::loadgen::LoadgenError;
 use crate::pipeline::producer::{create_producer, send_with_backpressure, Ack, SendError};
-use crate::pipeline::{EngineProducer, Tracker};
+use crate::pipeline::{store_done, EngineProducer, Tracker};
 
 /// Errors of the benchmark tools.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,6 @@ pub struct PassthroughOptions {
 struct PassContext {
     topic: String,
     tracker: Arc<Tracker>,
-    producer: EngineProducer,
     flush_timeout: Duration,
     assigned: Arc<AtomicUsize>,
 }
@@ -221,12 +220,15 @@ impl ConsumerContext for PassContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                if let Err(e) = self.producer.flush(self.flush_timeout) {
-                    tracing::warn!(error = %e, "flush on revoke did not finish");
+                // As the engine: wait for the revoked partitions' own
+                // deliveries, not for the shared producer's.
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let left = self.tracker.wait_delivered(&parts, self.flush_timeout);
+                if left > 0 {
+                    tracing::warn!(left, "revoked partitions' deliveries did not all finish");
                 }
                 store_done(consumer, &self.topic, &self.tracker);
                 let _ = consumer.commit_consumer_state(CommitMode::Sync);
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 self.tracker.forget(&parts);
                 self.assigned.fetch_sub(parts.len(), Ordering::AcqRel);
             }
@@ -238,14 +240,6 @@ impl ConsumerContext for PassContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
-}
-
-fn store_done(consumer: &BaseConsumer<PassContext>, topic: &str, tracker: &Tracker) -> bool {
-    let mut any = false;
-    for (p, off) in tracker.take_done() {
-        any |= consumer.store_offset(topic, p, off).is_ok();
-    }
-    any
 }
 
 /// Run the pass-through until `shutdown`, then drain its deliveries and
@@ -317,7 +311,6 @@ fn pass_worker(
         .create_with_context(PassContext {
             topic: opts.input.clone(),
             tracker: Arc::clone(&tracker),
-            producer: producer.clone(),
             flush_timeout,
             assigned,
         })
@@ -341,12 +334,7 @@ fn pass_worker(
             Some(Ok(m)) => {
                 let (partition, offset) = (m.partition(), m.offset());
                 tracker.begin(partition, offset, 1);
-                let ack = Box::new(Ack {
-                    tracker: Some(Arc::clone(&tracker)),
-                    partition,
-                    offset,
-                    reply: None,
-                });
+                let ack = Ack::tracked(Some(Arc::clone(&tracker)), partition, offset);
                 let mut rec: BaseRecord<'_, [u8], [u8], Box<Ack>> =
                     BaseRecord::with_opaque_to(&opts.output, ack);
                 if let Some(k) = m.key() {
@@ -370,7 +358,7 @@ fn pass_worker(
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error (librdkafka retries)"),
         }
-        stored |= store_done(&consumer, &opts.input, &tracker);
+        stored |= !store_done(&consumer, &opts.input, &tracker).is_empty();
         if stored && last_commit.elapsed() >= interval {
             let _ = consumer.commit_consumer_state(CommitMode::Async);
             stored = false;

@@ -257,7 +257,8 @@ enum BenchCommand {
         /// batching settings found.
         #[arg(long, default_value = "engine")]
         profile: String,
-        /// Consumer threads (default: the number of CPUs).
+        /// Consumer threads (default: `engine.workers`, one per core unless
+        /// the configuration says otherwise).
         #[arg(long)]
         threads: Option<usize>,
         /// Extra librdkafka property KEY=VALUE for every client (repeatable;
@@ -397,8 +398,8 @@ async fn bench_command(command: BenchCommand) -> Result<ExitCode> {
                 cfg.kafka.properties.insert(k.into(), v.into());
             }
             profile.apply(&mut cfg);
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            // The engine's default: one per core.
+            let threads = threads.unwrap_or_else(|| cfg.engine.effective_workers());
             let opts = bench::PassthroughOptions {
                 cfg,
                 input,

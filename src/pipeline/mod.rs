@@ -145,14 +145,7 @@ impl ConsumerContext for WorkerContext {
                 // (Exactly-once commits offsets in the transaction; an open
                 // one fails its commit with a fencing error and aborts.)
                 if !self.eos {
-                    let deadline = Instant::now() + self.flush_timeout;
-                    while self.tracker.pending_in(&parts) > 0
-                        && self.tracker.failure().is_none()
-                        && Instant::now() < deadline
-                    {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    let left = self.tracker.pending_in(&parts);
+                    let left = self.tracker.wait_delivered(&parts, self.flush_timeout);
                     if left > 0 {
                         tracing::warn!(left, "revoked partitions' deliveries did not all finish; the new owner may decide some requests again");
                     }
@@ -191,7 +184,11 @@ impl ConsumerContext for WorkerContext {
 }
 
 /// Store the offsets of what is delivered; returns the partitions stored.
-fn store_done(consumer: &BaseConsumer<WorkerContext>, topic: &str, tracker: &Tracker) -> Vec<i32> {
+pub(crate) fn store_done<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    tracker: &Tracker,
+) -> Vec<i32> {
     let mut stored = Vec::new();
     for (p, off) in tracker.take_done() {
         // rd_kafka_offset_store stores `off + 1`, the next offset to read.
@@ -651,12 +648,7 @@ impl Output<'_> {
     }
 
     fn ack(&self, partition: i32, offset: i64) -> Box<Ack> {
-        Box::new(Ack {
-            tracker: self.tracker.cloned(),
-            partition,
-            offset,
-            reply: None,
-        })
+        Ack::tracked(self.tracker.cloned(), partition, offset)
     }
 }
 

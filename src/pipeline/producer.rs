@@ -31,6 +31,18 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// The opaque of a record whose delivery the offset `offset` of
+    /// `partition` waits for in `tracker` (none: exactly-once, where the
+    /// transaction carries the offsets).
+    pub(crate) fn tracked(tracker: Option<Arc<Tracker>>, partition: i32, offset: i64) -> Box<Ack> {
+        Box::new(Ack {
+            tracker,
+            partition,
+            offset,
+            reply: None,
+        })
+    }
+
     /// The opaque of a record no offset waits for (a shadow difference, or
     /// a reply when `reply` is set).
     pub(crate) fn untracked(reply: Option<Arc<crate::pipeline::reply::ReplyRoutes>>) -> Box<Ack> {

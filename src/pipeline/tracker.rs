@@ -114,6 +114,22 @@ impl Tracker {
         self.lock().values().map(|t| t.pending.len()).sum()
     }
 
+    /// Wait (sleeping 1 ms at a time) until every offset registered in
+    /// `partitions` is delivered, a delivery has failed, or `timeout` is up;
+    /// returns the offsets still awaiting delivery there. Deliveries are
+    /// acknowledged from the producer's own thread, so nothing needs
+    /// polling meanwhile; the shared producer is not flushed.
+    pub fn wait_delivered(&self, partitions: &[i32], timeout: std::time::Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = self.pending_in(partitions);
+            if left == 0 || self.failure().is_some() || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Offsets registered and not yet fully delivered in `partitions`.
     pub fn pending_in(&self, partitions: &[i32]) -> usize {
         let g = self.lock();
@@ -163,6 +179,12 @@ mod tests {
         assert_eq!(t.pending_in(&[0]), 1, "offset 11 awaits a second delivery");
         t.ack(0, 11);
         assert_eq!(t.pending_in(&[0]), 0);
+        assert_eq!(t.wait_delivered(&[0], std::time::Duration::ZERO), 0);
+        assert_eq!(
+            t.wait_delivered(&[1], std::time::Duration::from_millis(5)),
+            1,
+            "partition 1's offset is never delivered: the wait ends at the timeout"
+        );
         assert_eq!(t.pending(), 1);
         assert!(t.failure().is_none());
         t.fail("x".into());
