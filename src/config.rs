@@ -117,6 +117,16 @@ pub enum DeliveryMode {
     ExactlyOnce,
 }
 
+/// Exactly-once: how long a killed producer's open transaction can hold
+/// the decisions back from `read_committed` readers (plus the broker's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`), when the
+/// instance does not come back. 5 s, below the 6 s session timeout: the
+/// broker has aborted a crashed instance's transaction by about the time
+/// its partitions move, so their new owner does not wait on it. A
+/// transaction lives at most `engine.transaction_max_ms` plus its commit
+/// (config validation keeps `transaction_max_ms` within half of it).
+pub const TRANSACTION_TIMEOUT_MS: u64 = 5000;
+
 /// The request pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -543,6 +553,26 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
     if cfg.engine.transaction_max_ms < 1 {
         bad("engine.transaction_max_ms", "must be at least 1".into());
     }
+    // A transaction open longer than transaction.timeout.ms is aborted by
+    // the broker: keep the collecting time within half of it, the rest
+    // for the commit.
+    let txn_timeout_ms = cfg
+        .kafka
+        .properties
+        .get("transaction.timeout.ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(TRANSACTION_TIMEOUT_MS);
+    if cfg.engine.delivery == DeliveryMode::ExactlyOnce
+        && cfg.engine.transaction_max_ms > txn_timeout_ms / 2
+    {
+        bad(
+            "engine.transaction_max_ms",
+            format!(
+                "must be at most {} (half of transaction.timeout.ms, {txn_timeout_ms}): a longer transaction would be aborted by the broker",
+                txn_timeout_ms / 2
+            ),
+        );
+    }
     if cfg.engine.commit_interval_ms < 1 {
         bad("engine.commit_interval_ms", "must be at least 1".into());
     }
@@ -817,5 +847,45 @@ mod tests {
             .find(|e| e.field == "topics.partitions")
             .unwrap();
         assert_eq!(partitions.origin, "CLEARANCE_TOPICS__PARTITIONS");
+    }
+
+    #[test]
+    fn exactly_once_transactions_stay_within_half_the_transaction_timeout() {
+        let vars = |ms: &str, timeout: Option<&str>| {
+            let mut v = vec![
+                ("CLEARANCE_ENGINE__DELIVERY", "exactly-once".to_string()),
+                ("CLEARANCE_ENGINE__TRANSACTION_MAX_MS", ms.to_string()),
+            ];
+            if let Some(t) = timeout {
+                v.push((
+                    "CLEARANCE_KAFKA__PROPERTIES__TRANSACTION_TIMEOUT_MS",
+                    t.to_string(),
+                ));
+            }
+            v
+        };
+        let run = |v: Vec<(&str, String)>| {
+            let v: Vec<(&str, &str)> = v.iter().map(|(k, x)| (*k, x.as_str())).collect();
+            load(None, env(&v))
+        };
+        assert!(run(vars("2500", None)).is_ok());
+        let err = run(vars("2501", None)).unwrap_err();
+        let ConfigError::Invalid(errs) = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(errs[0].field, "engine.transaction_max_ms");
+        assert!(
+            errs[0].message.contains("at most 2500"),
+            "{}",
+            errs[0].message
+        );
+        // The operator's transaction.timeout.ms moves the bound.
+        assert!(run(vars("4000", Some("9000"))).is_ok());
+        // At-least-once has no transactions: no bound.
+        assert!(load(
+            None,
+            env(&[("CLEARANCE_ENGINE__TRANSACTION_MAX_MS", "60000")])
+        )
+        .is_ok());
     }
 }

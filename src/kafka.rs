@@ -159,21 +159,19 @@ pub fn layered(
 
 /// Group settings of the request consumers, chosen by measurement (README,
 /// "Crash recovery"): cooperative-sticky (only moved partitions are
-/// revoked), the broker's minimum session timeout (6 s by default), a 1 s
-/// heartbeat, and a 30 s bound on a stuck rebalance.
+/// revoked), the broker's minimum session timeout (6 s by default), a
+/// 500 ms heartbeat (a survivor learns of a rebalance within it; at 1 s the
+/// exactly-once takeover of a crashed two-worker instance took 6.9-10.0 s
+/// against its 8 s bound, at 500 ms 6.4-7.2 s), and a 30 s bound on a
+/// stuck rebalance.
 pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("session.timeout.ms", "6000"),
-    ("heartbeat.interval.ms", "1000"),
+    ("heartbeat.interval.ms", "500"),
     ("max.poll.interval.ms", "30000"),
 ];
 
-/// Exactly-once: how long a killed producer's open transaction can hold
-/// the decisions back from `read_committed` readers (plus the broker's
-/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`), when the
-/// instance does not come back. A transaction lives at most
-/// `engine.transaction_max_ms` plus its commit.
-pub const TRANSACTION_TIMEOUT_MS: u64 = 6000;
+pub use crate::config::TRANSACTION_TIMEOUT_MS;
 
 /// The producer settings every engine producer shares (defaults).
 fn producer_defaults(cfg: &Config) -> Vec<(&'static str, String)> {
@@ -621,7 +619,7 @@ mod tests {
             Some("cooperative-sticky")
         );
         assert_eq!(get(&c, "session.timeout.ms"), Some("6000"));
-        assert_eq!(get(&c, "heartbeat.interval.ms"), Some("1000"));
+        assert_eq!(get(&c, "heartbeat.interval.ms"), Some("500"));
         assert_eq!(get(&c, "max.poll.interval.ms"), Some("30000"));
         assert_eq!(
             get(&c, "group.instance.id"),
@@ -639,7 +637,7 @@ mod tests {
         assert_eq!(get(&c, "session.timeout.ms"), None);
         assert_eq!(get(&c, "partition.assignment.strategy"), None);
         let t = transactional_producer_config(&Config::default(), "i", 0);
-        assert_eq!(get(&t, "transaction.timeout.ms"), Some("6000"));
+        assert_eq!(get(&t, "transaction.timeout.ms"), Some("5000"));
     }
 
     #[test]
