@@ -141,6 +141,8 @@ pub struct EngineConfig {
     /// at-least-once"), and 100,000 gave no more (0.51x).
     pub transaction_max_messages: usize,
     /// Exactly-once: longest a transaction stays open collecting requests.
+    /// At most half of `transaction.timeout.ms` (5,000 ms unless
+    /// `kafka.properties` sets it): the broker aborts a longer transaction.
     pub transaction_max_ms: u64,
     /// Deny controlled models when the change feed has not been confirmed
     /// caught up for this long (0: never).
