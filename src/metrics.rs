@@ -81,6 +81,11 @@ pub const SNAPSHOT_WRITES_TOTAL: &str = "clearance_snapshot_writes_total";
 /// `rejected`: corrupted, truncated or incompatible, so a full bootstrap;
 /// `absent`).
 pub const SNAPSHOT_LOADS_TOTAL: &str = "clearance_snapshot_loads_total";
+/// Histogram: exactly-once, seconds from the end of a transaction's batch
+/// to its commit (offsets sent to the transaction, then committed).
+pub const TRANSACTION_COMMIT_SECONDS: &str = "clearance_transaction_commit_seconds";
+/// Histogram: exactly-once, requests per committed transaction.
+pub const TRANSACTION_REQUESTS: &str = "clearance_transaction_requests";
 /// Gauge: seconds the last eligibility snapshot write took.
 pub const SNAPSHOT_WRITE_SECONDS: &str = "clearance_snapshot_write_seconds";
 /// Gauge: 1 while a long-running task runs, by `task` (`change_feed`,
@@ -133,6 +138,11 @@ pub fn install() -> PrometheusHandle {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                .expect("static bucket list is non-empty")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(TRANSACTION_REQUESTS.into()),
+                    &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0],
+                )
                 .expect("static bucket list is non-empty");
             // `install_recorder` (unlike `install`) leaves upkeep to us.
             let handle = match builder.install_recorder() {
@@ -395,6 +405,16 @@ fn describe() {
         CLIENT_ROUND_TRIP_SECONDS,
         Unit::Seconds,
         "Request/reply client: from a call to its reply."
+    );
+    describe_histogram!(
+        TRANSACTION_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Exactly-once: from the end of a transaction's batch to its commit."
+    );
+    describe_histogram!(
+        TRANSACTION_REQUESTS,
+        Unit::Count,
+        "Exactly-once: requests per committed transaction."
     );
     describe_gauge!(
         SNAPSHOT_WRITE_SECONDS,

@@ -567,7 +567,16 @@ fn run_exactly_once(
             None if consumer.context().revocations.load(Ordering::Acquire) != revocations => {
                 Err(TxnFailure::Abort(KafkaError::Canceled))
             }
-            None => commit_batch(&producer, consumer, topic, &span, timeout),
+            None => {
+                let started = Instant::now();
+                let r = commit_batch(&producer, consumer, topic, &span, timeout);
+                if r.is_ok() {
+                    metrics::histogram!(m::TRANSACTION_COMMIT_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(m::TRANSACTION_REQUESTS).record(n as f64);
+                }
+                r
+            }
         };
         match commit {
             Ok(()) => {

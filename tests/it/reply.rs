@@ -209,6 +209,18 @@ async fn replies_in(mode: DeliveryMode, tag: &str) {
             high > on_2,
             "transactional replies leave commit markers: high watermark {high}, {on_2} replies"
         );
+        // The commits are timed and counted (the recorder is shared by the
+        // tests of this process: at least this test's own).
+        let (_, text) = clearance::admin::get(h.admin_addr, "/metrics")
+            .await
+            .expect("GET /metrics");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        };
+        assert!(value("clearance_transaction_commit_seconds_count") >= 1.0);
+        assert!(value("clearance_transaction_requests_sum") >= 300.0);
     }
     stop_engine(h, stop).await;
 }
