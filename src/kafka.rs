@@ -210,13 +210,6 @@ pub fn transactional_producer_config(
 ) -> ClientConfig {
     let mut d = producer_defaults(cfg);
     d.push(("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string()));
-    // A transaction's AddPartitionsToTxn and AddOffsetsToTxn meet
-    // CONCURRENT_TRANSACTIONS until the broker has written the previous
-    // transaction's markers; librdkafka retries them with the exponential
-    // retry backoff (100 ms doubling to 1 s by default), which stretched
-    // each commit to 1.4-1.8 s on the loaded 2-core machine. Retry sooner.
-    d.push(("retry.backoff.ms", "10".into()));
-    d.push(("retry.backoff.max.ms", "100".into()));
     let mut p = producer_protected();
     p.push((
         "transactional.id",
@@ -645,9 +638,6 @@ mod tests {
         assert_eq!(get(&c, "partition.assignment.strategy"), None);
         let t = transactional_producer_config(&Config::default(), "i", 0);
         assert_eq!(get(&t, "transaction.timeout.ms"), Some("5000"));
-        assert_eq!(get(&t, "retry.backoff.max.ms"), Some("100"));
-        let p = producer_config(&Config::default());
-        assert_eq!(get(&p, "retry.backoff.max.ms"), None, "only transactions");
     }
 
     #[test]
