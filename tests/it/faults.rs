@@ -37,6 +37,7 @@ async fn at_least_once_survives_repeated_sigkill() {
 /// front; at-least-once decided it all within three lives, and the fourth
 /// instance had nothing to do.)
 async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
+    let _heavy = HEAVY.lock().await;
     let mut cfg = test_config(name);
     cfg.engine.delivery = mode;
     cfg.engine.transaction_max_ms = 50;
@@ -165,6 +166,7 @@ async fn repeated_sigkill(mode: DeliveryMode, name: &str) {
 /// allowed after its revocation was applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_joining_and_leaving_lose_nothing() {
+    let _heavy = HEAVY.lock().await;
     let cfg = test_config("group");
     create_topics(&cfg).await;
     let subjects: Vec<_> = (0..300).map(|i| loadgen::subject("gr", i)).collect();
@@ -398,6 +400,7 @@ async fn feed_outage_denies_only_controlled_models_until_recovery() {
 /// restart is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_during_load_loses_nothing() {
+    let _heavy = HEAVY.lock().await;
     let broker = PrivateBroker::up();
     let mut cfg = test_config("brokerrestart");
     cfg.kafka.bootstrap_servers = broker.bootstrap.clone();

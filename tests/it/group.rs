@@ -8,10 +8,10 @@
 //! read back on each orphaned partition, and asserted against a bound
 //! computed from the configured session timeout.
 //!
-//! These tests run one at a time (`SERIAL`): each runs two engine
-//! processes and a load, and two of them side by side on the 2-core CI
-//! machine measured each other's load (takeovers of 8-11 s against the 8 s
-//! bound, 6.1-7.4 s alone).
+//! These tests run one at a time, and not beside the heavy fault tests
+//! (`harness::HEAVY`): each runs two engine processes and a load, and two
+//! of them side by side on the 2-core CI machine measured each other's
+//! load (takeovers of 8-11 s against the 8 s bound, 6.1-7.4 s alone).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -31,9 +31,6 @@ use time::OffsetDateTime;
 use crate::harness::*;
 
 const PARTITIONS: i32 = 6;
-
-/// Held by each test of this module for its whole run (module doc).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The session timeout the engine configures by default.
 fn session_timeout() -> Duration {
@@ -242,7 +239,7 @@ struct Group {
 }
 
 async fn group(name: &str, n: usize, mode: DeliveryMode) -> Group {
-    let serial = SERIAL.lock().await;
+    let serial = HEAVY.lock().await;
     let mut cfg = test_config(name);
     cfg.topics.partitions = PARTITIONS;
     cfg.engine.delivery = mode;
