@@ -160,10 +160,10 @@ pub fn layered(
 /// Group settings of the request consumers, chosen by measurement (README,
 /// "Crash recovery"): cooperative-sticky (only moved partitions are
 /// revoked), the broker's minimum session timeout (6 s by default), a
-/// 500 ms heartbeat (a survivor learns of a rebalance within it; at 1 s the
-/// exactly-once takeover of a crashed two-worker instance took 6.9-10.0 s
-/// against its 8 s bound, at 500 ms 6.4-7.2 s), and a 30 s bound on a
-/// stuck rebalance.
+/// 500 ms heartbeat (a survivor learns of a rebalance within it; run
+/// alone, the exactly-once takeover of a crashed two-worker instance took
+/// 6.3-8.0 s against its 8 s bound at 1 s, 6.4-7.2 s at 500 ms), and a
+/// 30 s bound on a stuck rebalance.
 pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("session.timeout.ms", "6000"),
