@@ -231,7 +231,7 @@ async fn revocations(admin: SocketAddr) -> u64 {
 }
 
 struct Group {
-    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _heavy: tokio::sync::MutexGuard<'static, ()>,
     cfg: Config,
     dir: std::path::PathBuf,
     names: Vec<String>,
@@ -239,7 +239,7 @@ struct Group {
 }
 
 async fn group(name: &str, n: usize, mode: DeliveryMode) -> Group {
-    let serial = HEAVY.lock().await;
+    let heavy = HEAVY.lock().await;
     let mut cfg = test_config(name);
     cfg.topics.partitions = PARTITIONS;
     cfg.engine.delivery = mode;
@@ -256,7 +256,7 @@ async fn group(name: &str, n: usize, mode: DeliveryMode) -> Group {
         children.push(spawn_engine_with_admin(&c, &dir, &format!("e{i}")));
     }
     Group {
-        _serial: serial,
+        _heavy: heavy,
         cfg,
         dir,
         names,
