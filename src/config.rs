@@ -156,14 +156,23 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Maximum messages in the producer's local queue before backpressure.
     pub producer_queue_max_messages: u32,
-    /// Producer linger (batching delay) of decisions and replies. The
-    /// default, 1 ms, favours latency: a frontend waiting for its reply
-    /// pays at most 1 ms of batching, and under load the batches it forms
-    /// spare the broker (on a 2-core machine at 20,000 requests/s it halved
-    /// the round trip's median against 0 ms: BENCHMARKS.md). For batch work (replay into a topic, backfill)
-    /// 5-20 ms with `kafka.properties` `batch.size` raised gives fewer,
-    /// larger requests (README, "Throughput profile").
+    /// Producer linger (batching delay) of the decision log (decisions,
+    /// dead letters, shadow differences). In exactly-once mode one
+    /// transactional producer per worker carries replies too, with this
+    /// linger. No frontend waits for the log in at-least-once mode (replies
+    /// have their own producer, `reply_linger_ms`), so the default batches
+    /// it: fewer, larger requests spare the broker the CPU that the
+    /// replies' round trip competes for (BENCHMARKS.md, "Latency"). For
+    /// batch work (replay into a topic, backfill) 5-20 ms with
+    /// `kafka.properties` `batch.size` raised gives fewer, larger requests
+    /// (README, "Throughput profile").
     pub producer_linger_ms: u64,
+    /// Producer linger of replies (request/reply, at-least-once mode),
+    /// which have a producer of their own so that they never wait behind
+    /// the decision log's batches. The default, 1 ms, favours latency: a
+    /// frontend waiting for its reply pays at most 1 ms of batching, and
+    /// under load the batches it forms spare the broker (BENCHMARKS.md).
+    pub reply_linger_ms: u64,
     /// How often stored offsets are committed.
     pub commit_interval_ms: u64,
     /// Bound on a graceful shutdown (drain, commit, flush), and on the
@@ -213,7 +222,8 @@ impl Default for EngineConfig {
             instance_id: String::new(),
             workers: 0,
             producer_queue_max_messages: 100_000,
-            producer_linger_ms: 1,
+            producer_linger_ms: 5,
+            reply_linger_ms: 1,
             commit_interval_ms: 1000,
             shutdown_timeout_ms: 10_000,
             deadletter_max_payload_bytes: 64 * 1024,
@@ -677,11 +687,11 @@ pub const PROTECTED: &[Protected] = &[
     },
     Protected {
         key: "enable.idempotence",
-        why: "decisions are produced once and in order per partition (true)",
+        why: "decisions are produced once and in order per partition (true; replies, which are notifications, are not idempotent)",
     },
     Protected {
         key: "acks",
-        why: "a delivery is confirmed only once every in-sync replica has the record (all)",
+        why: "a delivery is confirmed only once every in-sync replica has the record (all; replies: 1)",
     },
 ];
 

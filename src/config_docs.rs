@@ -57,6 +57,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ("engine.workers", "4"),
     ("engine.producer_queue_max_messages", "200000"),
     ("engine.producer_linger_ms", "10"),
+    ("engine.reply_linger_ms", "0"),
     ("engine.commit_interval_ms", "500"),
     ("engine.shutdown_timeout_ms", "30000"),
     ("engine.deadletter_max_payload_bytes", "16384"),

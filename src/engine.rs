@@ -345,6 +345,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
     // failure at once (it connects to fetch its producer id), which stops
     // the startup below.
     let producer = pipeline::create_producer(&cfg)?;
+    let reply_producer = match cfg.engine.delivery {
+        crate::config::DeliveryMode::AtLeastOnce => Some(pipeline::create_reply_producer(&cfg)?),
+        crate::config::DeliveryMode::ExactlyOnce => None,
+    };
     if cfg.topics.create_missing {
         let mut attempt = 0;
         loop {
@@ -467,6 +471,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         store,
         policy: Arc::clone(&state.policy),
         producer: producer.clone(),
+        reply_producer: reply_producer.clone(),
         deadletters,
         instance_id: state.instance_id.clone(),
         assigned: Arc::clone(&state.assigned),
@@ -489,7 +494,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<EngineHan
         // Whatever else is queued (dead letters of the feed) goes out now.
         let p = producer.clone();
         let timeout = Duration::from_millis(cfg.engine.shutdown_timeout_ms);
-        let _ = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = p.flush(timeout);
+            if let Some(r) = reply_producer {
+                let _ = r.flush(timeout);
+            }
+        })
+        .await;
         admin_stop.cancel();
         tracing::info!("engine stopped");
         result

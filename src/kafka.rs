@@ -201,6 +201,30 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
     layered(&cfg.kafka, "producer", &d, &producer_protected())
 }
 
+/// The reply producer (request/reply in at-least-once mode): the engine's
+/// producer settings with `engine.reply_linger_ms`, and a 10 s delivery
+/// bound (`message.timeout.ms`): a reply is of use only within its
+/// client's timeout, and one that cannot be delivered is counted
+/// (`clearance_reply_failures_total`) rather than queued without end.
+pub fn reply_producer_config(cfg: &Config) -> ClientConfig {
+    let mut d = producer_defaults(cfg);
+    for (k, v) in d.iter_mut() {
+        if *k == "linger.ms" {
+            *v = cfg.engine.reply_linger_ms.to_string();
+        }
+    }
+    d.push(("message.timeout.ms", REPLY_TIMEOUT_MS.to_string()));
+    layered(
+        &cfg.kafka,
+        "reply",
+        &d,
+        &[("enable.idempotence", "false".into()), ("acks", "1".into())],
+    )
+}
+
+/// The reply producer's delivery bound ([`reply_producer_config`]).
+pub const REPLY_TIMEOUT_MS: u64 = 10_000;
+
 /// The transactional producer of exactly-once worker `worker`: its
 /// `transactional.id` derives from the group, `instance_id` and the worker.
 pub fn transactional_producer_config(
@@ -518,6 +542,7 @@ mod tests {
                 "transactional producer",
                 transactional_producer_config(cfg, "i", 0),
             ),
+            ("reply producer", reply_producer_config(cfg)),
             ("request consumer", request_consumer_config(cfg, 0)),
             ("feed consumer", feed_consumer_config(cfg)),
             ("policy watcher", policy_watcher_config(cfg)),
@@ -548,6 +573,26 @@ mod tests {
                 assert_eq!(get(&c, k), Some(v), "{role}: {k}");
             }
         }
+    }
+
+    #[test]
+    fn replies_and_the_decision_log_have_their_own_linger() {
+        let mut cfg = Config::default();
+        assert_eq!(get(&producer_config(&cfg), "linger.ms"), Some("5"));
+        assert_eq!(get(&reply_producer_config(&cfg), "linger.ms"), Some("1"));
+        cfg.engine.producer_linger_ms = 20;
+        cfg.engine.reply_linger_ms = 0;
+        assert_eq!(get(&producer_config(&cfg), "linger.ms"), Some("20"));
+        assert_eq!(get(&reply_producer_config(&cfg), "linger.ms"), Some("0"));
+        assert_eq!(
+            get(&transactional_producer_config(&cfg, "i", 0), "linger.ms"),
+            Some("20"),
+            "exactly-once: one producer, the log's linger"
+        );
+        let reply = reply_producer_config(&cfg);
+        assert_eq!(get(&reply, "message.timeout.ms"), Some("10000"));
+        assert_eq!(get(&reply, "client.id"), Some("clearance-reply"));
+        assert_eq!(get(&producer_config(&cfg), "message.timeout.ms"), Some("0"));
     }
 
     #[test]
@@ -605,6 +650,12 @@ mod tests {
             assert_eq!(get(of(r), "acks"), Some("all"), "{r}");
             assert_eq!(get(of(r), "enable.idempotence"), Some("true"), "{r}");
         }
+        // Replies are notifications (the decision log is the evidence):
+        // neither idempotent (whose 5 requests in flight let a loaded
+        // broker stall them) nor waiting for every replica.
+        let reply = of("reply producer");
+        assert_eq!(get(reply, "acks"), Some("1"));
+        assert_eq!(get(reply, "enable.idempotence"), Some("false"));
         // And config validation refuses each of them, saying why.
         let refused = refused_properties(&cfg.kafka.properties);
         assert_eq!(refused.len(), PROTECTED.len());

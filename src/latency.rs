@@ -10,7 +10,7 @@
 //! - **Echo baseline** (`--echo`): the same load through a no-work echo on
 //!   the same broker: consume with the engine's request-consumer settings,
 //!   produce the same bytes to the reply partition with the engine's
-//!   producer settings. What Kafka alone costs on this machine; the
+//!   reply-producer settings. What Kafka alone costs on this machine; the
 //!   engine's figures are also given as ratios to it. Engine and echo
 //!   phases alternate (`--rounds`), so both see the same machine.
 //! - **Freshness** (`--freshness`): during the engine phases, a hot subject
@@ -50,7 +50,8 @@ pub const HOT_EVERY: usize = 10;
 #[derive(Debug, Clone)]
 pub struct LatencyOptions {
     /// The engine's configuration: topics, client settings, and the
-    /// producer linger the echo uses too.
+    /// reply producer's settings (`engine.reply_linger_ms`), which the
+    /// echo's producer uses too.
     pub cfg: Config,
     /// Requests per second (open loop).
     pub rate: u64,
@@ -321,8 +322,8 @@ async fn ensure_topic(cfg: &Config, name: &str, partitions: i32) -> Result<(), L
 
 /// The no-work echo: consume `topic` with the engine's request-consumer
 /// settings and produce every record's bytes to its reply topic and
-/// partition (the request/reply headers), with the engine's producer
-/// settings. Stops when dropped.
+/// partition (the request/reply headers), with the engine's reply-producer
+/// settings (`kafka::reply_producer_config`). Stops when dropped.
 pub struct Echo {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -352,7 +353,7 @@ impl Echo {
             .create()?;
         consumer.subscribe(&[topic])?;
         let producer: ThreadedProducer<DefaultProducerContext> =
-            crate::kafka::producer_config(&ecfg).create()?;
+            crate::kafka::reply_producer_config(&ecfg).create()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while consumer.assignment().map_or(true, |a| a.count() == 0) {
             if Instant::now() > deadline {

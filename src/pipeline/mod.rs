@@ -47,7 +47,8 @@ pub mod tracker;
 pub use crate::policy::ActivePolicy;
 pub use deadletter::{DeadLetterSink, Origin, Source};
 pub use producer::{
-    create_producer, send_with_backpressure, Ack, DeliveryContext, EngineProducer, SendError,
+    create_producer, create_reply_producer, send_with_backpressure, Ack, DeliveryContext,
+    EngineProducer, SendError,
 };
 pub use tracker::Tracker;
 
@@ -59,8 +60,14 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// The policy.
     pub policy: Arc<ActivePolicy>,
-    /// The producer.
+    /// The producer of the decision log (decisions, dead letters, shadow
+    /// differences).
     pub producer: EngineProducer,
+    /// At-least-once: the producer of replies (request/reply), apart from
+    /// the decision log so that replies never wait behind its batches
+    /// (`engine.reply_linger_ms`). None: replies go with the decisions
+    /// (exactly-once, where they are part of the transaction).
+    pub reply_producer: Option<EngineProducer>,
     /// Dead letters.
     pub deadletters: DeadLetterSink,
     /// Written into every decision.
@@ -363,6 +370,7 @@ fn run_at_least_once(
     let topic = &shared.cfg.topics.requests;
     let out = Output {
         producer: &shared.producer,
+        replies: shared.reply_producer.as_ref(),
         deadletters: &shared.deadletters,
         tracker: Some(tracker),
     };
@@ -524,6 +532,7 @@ fn run_exactly_once(
             .map_err(|e| txn_error("begin_transaction", e))?;
         let out = Output {
             producer: &producer,
+            replies: None,
             deadletters: &deadletters,
             tracker: None,
         };
@@ -643,6 +652,9 @@ fn commit_batch(
 /// Where a worker's records go.
 struct Output<'a> {
     producer: &'a EngineProducer,
+    /// The reply producer, when replies have their own (at-least-once);
+    /// none: replies go through `producer`.
+    replies: Option<&'a EngineProducer>,
     deadletters: &'a DeadLetterSink,
     /// At-least-once: the offset tracker. Exactly-once: none (the
     /// transaction commits offsets).
@@ -916,7 +928,8 @@ fn send_decision(
     let Some(to) = reply_to else {
         return Ok(());
     };
-    if shared.replies.check(out.producer, to).is_err() {
+    let producer = out.replies.unwrap_or(out.producer);
+    if shared.replies.check(producer, to).is_err() {
         return Ok(());
     }
     let ack = Ack::untracked(Some(Arc::clone(&shared.replies)));
@@ -929,7 +942,13 @@ fn send_decision(
     if let Some(h) = to.headers() {
         rec = rec.headers(h);
     }
-    match send_with_backpressure(out.producer, rec, shutdown) {
+    if out.replies.is_some() {
+        // A reply producer of its own: a full queue drops the reply
+        // (counted) rather than holding the decisions back.
+        let _ = shared.replies.send_alone(producer, rec);
+        return Ok(());
+    }
+    match send_with_backpressure(producer, rec, shutdown) {
         // The producer refused the reply at once (for example a partition
         // it does not know): the decision is out, the reply is skipped.
         Err(SendError::Refused(e)) => {

@@ -107,6 +107,18 @@ pub fn create_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryErro
         })
 }
 
+/// Create the reply producer of at-least-once mode
+/// ([`crate::kafka::reply_producer_config`]): replies never queue behind
+/// the decision log's batches.
+pub fn create_reply_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
+    crate::kafka::reply_producer_config(cfg)
+        .create_with_context(DeliveryContext)
+        .map_err(|source| KafkaBoundaryError::Client {
+            what: "reply producer",
+            source,
+        })
+}
+
 /// Why sending failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

@@ -23,8 +23,15 @@
 //!   authorized, failed delivery) is skipped; its decision still reaches
 //!   `access.decisions`, `clearance_reply_failures_total{reason}` counts it
 //!   and a warning is logged at most every [`WARN_EVERY`];
-//! - at-least-once: a reply's delivery is not part of the offset (only the
-//!   decision's is). Exactly-once: the reply is produced in the transaction
+//! - at-least-once: replies have a producer of their own
+//!   (`engine.reply_linger_ms`, not idempotent, `acks=1`: a reply is a
+//!   notification, the decision log is the evidence), so that they never
+//!   wait behind the decision log's batches; a reply that finds that
+//!   producer's queue full is dropped and counted (`queue_full`), never
+//!   waited for. A reply's delivery is not part of the offset (only the
+//!   decision's is), and a reply can reach its frontend before the
+//!   decision reaches `access.decisions`: after a crash in between, the
+//!   request is decided again and logged then. Exactly-once: the reply is produced in the transaction
 //!   (read_committed reply readers see it when the decision commits); a
 //!   failed reply delivery aborts that transaction once, the topic is then
 //!   remembered as unusable and the batch is decided again without it.
@@ -35,8 +42,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::Producer;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+
+use crate::pipeline::producer::{Ack, EngineProducer};
 
 use crate::metrics as m;
 
@@ -193,6 +202,9 @@ pub mod failure {
     pub const LOOKUP_RATE_LIMITED: &str = "lookup_rate_limited";
     /// The broker refused the reply record.
     pub const DELIVERY_FAILED: &str = "delivery_failed";
+    /// The reply producer's queue was full (the broker falls behind): the
+    /// reply is dropped rather than holding the pipeline back.
+    pub const QUEUE_FULL: &str = "queue_full";
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -342,6 +354,31 @@ impl ReplyRoutes {
         self.failed(failure::DELIVERY_FAILED, topic, &e.to_string());
     }
 
+    /// Send a reply on the reply producer of at-least-once mode, without
+    /// waiting: a full queue drops the reply (counted as
+    /// [`failure::QUEUE_FULL`], the topic stays usable), and any other
+    /// refusal counts as a failed delivery. The decision is already on its
+    /// way to `access.decisions` either way.
+    pub fn send_alone(
+        &self,
+        producer: &EngineProducer,
+        record: BaseRecord<'_, [u8], [u8], Box<Ack>>,
+    ) -> Result<(), &'static str> {
+        match producer.send(record) {
+            Ok(()) => {
+                m::hot::in_flight_added();
+                Ok(())
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Err(self.failed(failure::QUEUE_FULL, back.topic, "reply producer queue full"))
+            }
+            Err((e, back)) => {
+                self.delivery_failed(back.topic, &e);
+                Err(failure::DELIVERY_FAILED)
+            }
+        }
+    }
+
     fn take_lookup(&self, now: Instant) -> bool {
         let mut b = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
         let rate = f64::from(LOOKUPS_PER_SEC);
@@ -463,6 +500,51 @@ mod tests {
             partition,
             correlation_id: None,
         }
+    }
+
+    #[test]
+    fn a_full_reply_queue_drops_the_reply_and_keeps_the_topic() {
+        // No broker: nothing leaves the queue, which holds one record.
+        let producer: EngineProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("queue.buffering.max.messages", "1")
+            .set("linger.ms", "60000")
+            .create_with_context(crate::pipeline::producer::DeliveryContext)
+            .unwrap();
+        let r = ReplyRoutes::default();
+        r.routes.insert(
+            "replies".into(),
+            Route::Usable {
+                partitions: 1,
+                until: Instant::now() + USABLE_TTL,
+            },
+        );
+        let rec = || {
+            BaseRecord::with_opaque_to("replies", Ack::untracked(None))
+                .key(&b"k"[..])
+                .payload(&b"v"[..])
+                .partition(0)
+        };
+        assert_eq!(r.send_alone(&producer, rec()), Ok(()));
+        assert_eq!(r.send_alone(&producer, rec()), Err(failure::QUEUE_FULL));
+        assert!(
+            matches!(
+                r.routes.get("replies").map(|x| *x),
+                Some(Route::Usable { .. })
+            ),
+            "a full queue is not the topic's fault"
+        );
+        assert_eq!(
+            r.check(
+                &Fake {
+                    calls: Cell::new(0),
+                    answer: Err("x")
+                },
+                &to("replies", Some(0))
+            ),
+            Ok(())
+        );
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue());
     }
 
     #[test]

@@ -235,6 +235,61 @@ async fn replies_exactly_once_inside_the_transaction() {
     replies_in(DeliveryMode::ExactlyOnce, "reply-eos").await;
 }
 
+/// At-least-once, replies have a producer of their own: with the decision
+/// log's linger at ten minutes, every reply still comes back at once, while
+/// no decision has reached `access.decisions`; shutdown then flushes the
+/// log, and every decision is there. (With one producer for both, the
+/// replies would wait the ten minutes too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_do_not_wait_for_the_decision_log() {
+    let tag = "reply-alone";
+    let mut cfg = test_config(tag);
+    cfg.engine.producer_linger_ms = 600_000;
+    create_topics(&cfg).await;
+    let reply_topic: &'static str = Box::leak(unique(&format!("{tag}-replies")).into_boxed_str());
+    create_topic(reply_topic, 1).await;
+    let subjects = subjects(tag);
+    let p = producer();
+    seed(&p, &cfg, &subjects);
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+
+    send(&p, &cfg, &subjects, tag, 0..50, |_| {
+        Ask::Partition(reply_topic, 0)
+    });
+    let replies = read_replies(&committed_reader(reply_topic), 50, Duration::from_secs(30));
+    assert_eq!(
+        replies.len(),
+        50,
+        "every reply, with the decision log held back"
+    );
+    let early = read_until(
+        &committed_reader(&cfg.topics.decisions),
+        Duration::from_secs(2),
+        |r| !r.is_empty(),
+    );
+    assert!(
+        early.is_empty(),
+        "the decision log was held back, yet {} decisions were on it",
+        early.len()
+    );
+    stop_engine(h, stop).await;
+    let logged = first_by_request(&decisions(&read_until(
+        &committed_reader(&cfg.topics.decisions),
+        Duration::from_secs(30),
+        |r| r.len() >= 50,
+    )));
+    assert_eq!(logged.len(), 50, "shutdown flushed the decision log");
+    for r in &replies {
+        let d: Decision = serde_json::from_slice(&r.payload).expect("reply is a decision");
+        assert_eq!(
+            Some(&d),
+            logged.get(&d.request_id),
+            "the reply is the logged decision"
+        );
+    }
+}
+
 /// Time for the engine to decide the requests `range` (all sent at once).
 async fn drain_time(
     p: &DataProducer,
