@@ -165,13 +165,14 @@ pub struct EngineConfig {
     /// replies' round trip competes for (BENCHMARKS.md, "Latency"). For
     /// batch work (replay into a topic, backfill) 5-20 ms with
     /// `kafka.properties` `batch.size` raised gives fewer, larger requests
-    /// (README, "Throughput profile").
+    /// (README, "Throughput profile"). At most 900,000 (librdkafka's range).
     pub producer_linger_ms: u64,
     /// Producer linger of replies (request/reply, at-least-once mode),
     /// which have a producer of their own so that they never wait behind
     /// the decision log's batches. The default, 1 ms, favours latency: a
     /// frontend waiting for its reply pays at most 1 ms of batching, and
-    /// under load the batches it forms spare the broker (BENCHMARKS.md).
+    /// under load the batches it forms spare the broker, where 0 ms sends a
+    /// request per reply (BENCHMARKS.md, "Latency"). At most 900,000.
     pub reply_linger_ms: u64,
     /// How often stored offsets are committed.
     pub commit_interval_ms: u64,
@@ -198,6 +199,9 @@ pub struct EngineConfig {
     /// that key would be applied again. At least 1.
     pub deletion_markers_max: usize,
 }
+
+/// The largest producer linger librdkafka accepts (`linger.ms`).
+pub const MAX_LINGER_MS: u64 = 900_000;
 
 impl EngineConfig {
     /// The worker threads to run: `workers`, or one per core when it is 0.
@@ -556,6 +560,19 @@ fn validate(cfg: &Config, origin_of: &impl Fn(&str) -> String, errors: &mut Vec<
             "must be at least 1".into(),
         );
     }
+    // librdkafka's range for linger.ms: a larger value would fail at
+    // client creation, after the configuration was accepted.
+    for (field, v) in [
+        ("engine.producer_linger_ms", cfg.engine.producer_linger_ms),
+        ("engine.reply_linger_ms", cfg.engine.reply_linger_ms),
+    ] {
+        if v > MAX_LINGER_MS {
+            bad(
+                field,
+                format!("must be at most {MAX_LINGER_MS} (librdkafka's linger.ms range)"),
+            );
+        }
+    }
     if cfg.engine.transaction_max_messages < 1 {
         bad(
             "engine.transaction_max_messages",
@@ -899,5 +916,38 @@ mod tests {
             env(&[("CLEARANCE_ENGINE__TRANSACTION_MAX_MS", "60000")])
         )
         .is_ok());
+    }
+
+    #[test]
+    fn lingers_beyond_librdkafkas_range_are_refused_both_at_once() {
+        assert!(load(
+            None,
+            env(&[
+                ("CLEARANCE_ENGINE__PRODUCER_LINGER_MS", "900000"),
+                ("CLEARANCE_ENGINE__REPLY_LINGER_MS", "0"),
+            ])
+        )
+        .is_ok());
+        let err = load(
+            None,
+            env(&[
+                ("CLEARANCE_ENGINE__PRODUCER_LINGER_MS", "900001"),
+                ("CLEARANCE_ENGINE__REPLY_LINGER_MS", "1000000"),
+            ]),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(errs) = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["engine.producer_linger_ms", "engine.reply_linger_ms"]
+        );
+        assert!(
+            errs[1].message.contains("at most 900000"),
+            "{}",
+            errs[1].message
+        );
     }
 }
