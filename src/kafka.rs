@@ -651,8 +651,9 @@ mod tests {
             assert_eq!(get(of(r), "enable.idempotence"), Some("true"), "{r}");
         }
         // Replies are notifications (the decision log is the evidence):
-        // neither idempotent (whose 5 requests in flight let a loaded
-        // broker stall them) nor waiting for every replica.
+        // neither idempotent (an idempotent reply producer collapsed under
+        // load: BENCHMARKS.md, "Where the tail comes from") nor waiting
+        // for every replica.
         let reply = of("reply producer");
         assert_eq!(get(reply, "acks"), Some("1"));
         assert_eq!(get(reply, "enable.idempotence"), Some("false"));

@@ -31,7 +31,8 @@
 //!   waited for. A reply's delivery is not part of the offset (only the
 //!   decision's is), and a reply can reach its frontend before the
 //!   decision reaches `access.decisions`: after a crash in between, the
-//!   request is decided again and logged then. Exactly-once: the reply is produced in the transaction
+//!   request is decided again and logged then.
+//! - exactly-once: the reply is produced in the transaction
 //!   (read_committed reply readers see it when the decision commits); a
 //!   failed reply delivery aborts that transaction once, the topic is then
 //!   remembered as unusable and the batch is decided again without it.
