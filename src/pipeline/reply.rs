@@ -206,6 +206,9 @@ pub mod failure {
     /// The reply producer's queue was full (the broker falls behind): the
     /// reply is dropped rather than holding the pipeline back.
     pub const QUEUE_FULL: &str = "queue_full";
+    /// The reply was not delivered within the reply producer's bound
+    /// (`kafka::REPLY_TIMEOUT_MS`: a broker outage or overload).
+    pub const TIMED_OUT: &str = "timed_out";
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -343,8 +346,15 @@ impl ReplyRoutes {
     }
 
     /// A reply's delivery failed: count it, and skip the topic for
-    /// [`UNUSABLE_TTL`].
+    /// [`UNUSABLE_TTL`]; except a reply that timed out (a broker outage or
+    /// overload, not the topic's fault), which is counted as
+    /// [`failure::TIMED_OUT`] and leaves the topic usable, so that replies
+    /// resume as soon as the broker does.
     pub fn delivery_failed(&self, topic: &str, e: &KafkaError) {
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+            self.failed(failure::TIMED_OUT, topic, &e.to_string());
+            return;
+        }
         self.routes.insert(
             topic.to_string(),
             Route::Unusable {
@@ -546,6 +556,57 @@ mod tests {
             Ok(())
         );
         producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+    }
+
+    #[test]
+    fn a_timed_out_reply_leaves_its_topic_usable_a_refused_one_does_not() {
+        let r = std::sync::Arc::new(ReplyRoutes::default());
+        let usable = |r: &ReplyRoutes, t: &str| {
+            r.routes.insert(
+                t.into(),
+                Route::Usable {
+                    partitions: 1,
+                    until: Instant::now() + USABLE_TTL,
+                },
+            )
+        };
+        usable(&r, "replies");
+        usable(&r, "gone");
+        // No broker: the reply times out after 100 ms, and the producer's
+        // delivery report reaches the routes.
+        let producer: EngineProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "100")
+            .create_with_context(crate::pipeline::producer::DeliveryContext)
+            .unwrap();
+        let rec = BaseRecord::with_opaque_to("replies", Ack::untracked(Some(r.clone())))
+            .key(&b"k"[..])
+            .payload(&b"v"[..])
+            .partition(0);
+        assert_eq!(r.send_alone(&producer, rec), Ok(()));
+        assert_eq!(
+            producer.flush(Duration::from_secs(10)).err(),
+            None,
+            "the delivery report came"
+        );
+        assert!(
+            matches!(
+                r.routes.get("replies").map(|x| *x),
+                Some(Route::Usable { .. })
+            ),
+            "a timeout is the broker's, not the topic's"
+        );
+        r.delivery_failed(
+            "gone",
+            &KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
+        );
+        assert!(matches!(
+            r.routes.get("gone").map(|x| *x),
+            Some(Route::Unusable {
+                why: failure::DELIVERY_FAILED,
+                ..
+            })
+        ));
     }
 
     #[test]
