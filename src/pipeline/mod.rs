@@ -272,8 +272,16 @@ fn leave_group(consumer: &BaseConsumer<WorkerContext>) {
             .map(|a| a.count() == 0)
             .unwrap_or(true)
         {
-            // The LeaveGroup goes out once the unassignment is done.
-            let _ = consumer.poll(Duration::from_millis(100));
+            // The LeaveGroup goes out once the unassignment is done, from
+            // librdkafka's own threads: give it 200 ms to be written before
+            // the consumer closes. One poll is not enough: it returns at
+            // once after serving an event (a commit's callback), and a
+            // LeaveGroup lost that way costs the session timeout (a SIGTERM
+            // hand-over measured 6.19 s once in CI, 0.36-0.99 s otherwise).
+            let sent_by = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < sent_by {
+                let _ = consumer.poll(sent_by.saturating_duration_since(Instant::now()));
+            }
             break;
         }
     }
