@@ -173,10 +173,11 @@ pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
 
 pub use crate::config::TRANSACTION_TIMEOUT_MS;
 
-/// The producer settings every engine producer shares (defaults).
-fn producer_defaults(cfg: &Config) -> Vec<(&'static str, String)> {
+/// The producer settings every engine producer shares (defaults), with
+/// its linger.
+fn producer_defaults(cfg: &Config, linger_ms: u64) -> Vec<(&'static str, String)> {
     vec![
-        ("linger.ms", cfg.engine.producer_linger_ms.to_string()),
+        ("linger.ms", linger_ms.to_string()),
         (
             "queue.buffering.max.messages",
             cfg.engine.producer_queue_max_messages.to_string(),
@@ -196,7 +197,7 @@ fn producer_protected() -> Vec<(&'static str, String)> {
 /// no delivery time limit (`message.timeout.ms=0`: decisions wait for the
 /// brokers rather than fail).
 pub fn producer_config(cfg: &Config) -> ClientConfig {
-    let mut d = producer_defaults(cfg);
+    let mut d = producer_defaults(cfg, cfg.engine.producer_linger_ms);
     d.push(("message.timeout.ms", "0".into()));
     layered(&cfg.kafka, "producer", &d, &producer_protected())
 }
@@ -207,12 +208,7 @@ pub fn producer_config(cfg: &Config) -> ClientConfig {
 /// client's timeout, and one that cannot be delivered is counted
 /// (`clearance_reply_failures_total`) rather than queued without end.
 pub fn reply_producer_config(cfg: &Config) -> ClientConfig {
-    let mut d = producer_defaults(cfg);
-    for (k, v) in d.iter_mut() {
-        if *k == "linger.ms" {
-            *v = cfg.engine.reply_linger_ms.to_string();
-        }
-    }
+    let mut d = producer_defaults(cfg, cfg.engine.reply_linger_ms);
     d.push(("message.timeout.ms", REPLY_TIMEOUT_MS.to_string()));
     layered(
         &cfg.kafka,
@@ -232,7 +228,7 @@ pub fn transactional_producer_config(
     instance_id: &str,
     worker: usize,
 ) -> ClientConfig {
-    let mut d = producer_defaults(cfg);
+    let mut d = producer_defaults(cfg, cfg.engine.producer_linger_ms);
     d.push(("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string()));
     let mut p = producer_protected();
     p.push((

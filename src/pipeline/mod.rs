@@ -47,8 +47,8 @@ pub mod tracker;
 pub use crate::policy::ActivePolicy;
 pub use deadletter::{DeadLetterSink, Origin, Source};
 pub use producer::{
-    create_producer, create_reply_producer, send_with_backpressure, Ack, DeliveryContext,
-    EngineProducer, SendError,
+    create_producer, create_reply_producer, send_reply, send_with_backpressure, Ack,
+    DeliveryContext, EngineProducer, SendError,
 };
 pub use tracker::Tracker;
 
@@ -953,7 +953,7 @@ fn send_decision(
     if out.replies.is_some() {
         // A reply producer of its own: a full queue drops the reply
         // (counted) rather than holding the decisions back.
-        let _ = shared.replies.send_alone(producer, rec);
+        let _ = send_reply(producer, &shared.replies, rec);
         return Ok(());
     }
     match send_with_backpressure(producer, rec, shutdown) {

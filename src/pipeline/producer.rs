@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
+use crate::pipeline::reply::ReplyRoutes;
 use crate::pipeline::tracker::Tracker;
 
 /// The engine's shared producer.
@@ -99,24 +100,47 @@ impl ProducerContext for DeliveryContext {
 /// Create the engine's producer: idempotent, `acks=all`, retrying
 /// transient errors without a time limit.
 pub fn create_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
-    crate::kafka::producer_config(cfg)
-        .create_with_context(DeliveryContext)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "producer",
-            source,
-        })
+    create(crate::kafka::producer_config(cfg), "producer")
 }
 
 /// Create the reply producer of at-least-once mode
 /// ([`crate::kafka::reply_producer_config`]): replies never queue behind
 /// the decision log's batches.
 pub fn create_reply_producer(cfg: &Config) -> Result<EngineProducer, KafkaBoundaryError> {
-    crate::kafka::reply_producer_config(cfg)
-        .create_with_context(DeliveryContext)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "reply producer",
-            source,
-        })
+    create(crate::kafka::reply_producer_config(cfg), "reply producer")
+}
+
+fn create(
+    c: rdkafka::ClientConfig,
+    what: &'static str,
+) -> Result<EngineProducer, KafkaBoundaryError> {
+    c.create_with_context(DeliveryContext)
+        .map_err(|source| KafkaBoundaryError::Client { what, source })
+}
+
+/// Send a reply on the reply producer of at-least-once mode, without
+/// waiting: a full queue drops the reply (counted by
+/// [`ReplyRoutes::queue_full`], the topic stays usable), and any other
+/// refusal counts as a failed delivery. The decision is already on its
+/// way to `access.decisions` either way.
+pub fn send_reply(
+    producer: &EngineProducer,
+    routes: &ReplyRoutes,
+    record: BaseRecord<'_, [u8], [u8], Box<Ack>>,
+) -> Result<(), &'static str> {
+    match producer.send(record) {
+        Ok(()) => {
+            m::hot::in_flight_added();
+            Ok(())
+        }
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err(routes.queue_full(back.topic))
+        }
+        Err((e, back)) => {
+            routes.delivery_failed(back.topic, &e);
+            Err(crate::pipeline::reply::failure::DELIVERY_FAILED)
+        }
+    }
 }
 
 /// Why sending failed.
@@ -163,3 +187,99 @@ pub fn send_with_backpressure(
 // ---------------------------------------------------------------------------
 // Offset tracking
 // ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::reply::{failure, ReplyTo, TopicLookup};
+    use rdkafka::producer::Producer;
+
+    /// A lookup that always fails: `check` then answers from what the
+    /// routes remember.
+    struct Down;
+    impl TopicLookup for Down {
+        fn partitions(&self, _: &str) -> Result<i32, &'static str> {
+            Err(failure::METADATA_ERROR)
+        }
+    }
+
+    fn to(topic: &str) -> ReplyTo {
+        ReplyTo {
+            topic: topic.into(),
+            partition: Some(0),
+            correlation_id: None,
+        }
+    }
+
+    /// Routes that know `topic` as usable (looked up once, with a lookup
+    /// that succeeds).
+    fn routes_knowing(topic: &str) -> Arc<ReplyRoutes> {
+        struct Up;
+        impl TopicLookup for Up {
+            fn partitions(&self, _: &str) -> Result<i32, &'static str> {
+                Ok(1)
+            }
+        }
+        let r = Arc::new(ReplyRoutes::default());
+        assert_eq!(r.check(&Up, &to(topic)), Ok(()));
+        r
+    }
+
+    fn record<'a>(topic: &'a str, ack: Box<Ack>) -> BaseRecord<'a, [u8], [u8], Box<Ack>> {
+        BaseRecord::with_opaque_to(topic, ack)
+            .key(&b"k"[..])
+            .payload(&b"v"[..])
+            .partition(0)
+    }
+
+    #[test]
+    fn a_full_reply_queue_drops_the_reply_and_keeps_the_topic() {
+        // No broker: nothing leaves the queue, which holds one record.
+        let producer = create(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .set("queue.buffering.max.messages", "1")
+                .set("linger.ms", "60000")
+                .clone(),
+            "test",
+        )
+        .unwrap();
+        let r = routes_knowing("replies");
+        let rec = || record("replies", Ack::untracked(None));
+        assert_eq!(send_reply(&producer, &r, rec()), Ok(()));
+        assert_eq!(send_reply(&producer, &r, rec()), Err(failure::QUEUE_FULL));
+        assert_eq!(
+            r.check(&Down, &to("replies")),
+            Ok(()),
+            "a full queue is not the topic's fault"
+        );
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+    }
+
+    #[test]
+    fn a_timed_out_reply_leaves_its_topic_usable() {
+        // No broker: the reply times out after 100 ms, and the producer's
+        // delivery report reaches the routes.
+        let producer = create(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .set("message.timeout.ms", "100")
+                .clone(),
+            "test",
+        )
+        .unwrap();
+        let r = routes_knowing("replies");
+        let rec = record("replies", Ack::untracked(Some(Arc::clone(&r))));
+        assert_eq!(send_reply(&producer, &r, rec), Ok(()));
+        assert_eq!(
+            producer.flush(Duration::from_secs(10)).err(),
+            None,
+            "the delivery report came"
+        );
+        assert_eq!(
+            r.check(&Down, &to("replies")),
+            Ok(()),
+            "a timeout is the broker's, not the topic's"
+        );
+    }
+}

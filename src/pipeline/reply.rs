@@ -43,10 +43,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
-
-use crate::pipeline::producer::{Ack, EngineProducer};
 
 use crate::metrics as m;
 
@@ -365,29 +363,12 @@ impl ReplyRoutes {
         self.failed(failure::DELIVERY_FAILED, topic, &e.to_string());
     }
 
-    /// Send a reply on the reply producer of at-least-once mode, without
-    /// waiting: a full queue drops the reply (counted as
-    /// [`failure::QUEUE_FULL`], the topic stays usable), and any other
-    /// refusal counts as a failed delivery. The decision is already on its
-    /// way to `access.decisions` either way.
-    pub fn send_alone(
-        &self,
-        producer: &EngineProducer,
-        record: BaseRecord<'_, [u8], [u8], Box<Ack>>,
-    ) -> Result<(), &'static str> {
-        match producer.send(record) {
-            Ok(()) => {
-                m::hot::in_flight_added();
-                Ok(())
-            }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                Err(self.failed(failure::QUEUE_FULL, back.topic, "reply producer queue full"))
-            }
-            Err((e, back)) => {
-                self.delivery_failed(back.topic, &e);
-                Err(failure::DELIVERY_FAILED)
-            }
-        }
+    /// A reply was dropped because the reply producer's queue was full
+    /// (`producer::send_reply`): counted as [`failure::QUEUE_FULL`]; the
+    /// topic stays usable (a full queue is the broker's lag, not the
+    /// topic's fault).
+    pub fn queue_full(&self, topic: &str) -> &'static str {
+        self.failed(failure::QUEUE_FULL, topic, "reply producer queue full")
     }
 
     fn take_lookup(&self, now: Instant) -> bool {
@@ -514,92 +495,29 @@ mod tests {
     }
 
     #[test]
-    fn a_full_reply_queue_drops_the_reply_and_keeps_the_topic() {
-        // No broker: nothing leaves the queue, which holds one record.
-        let producer: EngineProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("queue.buffering.max.messages", "1")
-            .set("linger.ms", "60000")
-            .create_with_context(crate::pipeline::producer::DeliveryContext)
-            .unwrap();
+    fn a_full_queue_or_a_timeout_leaves_the_topic_usable_a_refusal_does_not() {
         let r = ReplyRoutes::default();
-        r.routes.insert(
-            "replies".into(),
-            Route::Usable {
-                partitions: 1,
-                until: Instant::now() + USABLE_TTL,
-            },
-        );
-        let rec = || {
-            BaseRecord::with_opaque_to("replies", Ack::untracked(None))
-                .key(&b"k"[..])
-                .payload(&b"v"[..])
-                .partition(0)
-        };
-        assert_eq!(r.send_alone(&producer, rec()), Ok(()));
-        assert_eq!(r.send_alone(&producer, rec()), Err(failure::QUEUE_FULL));
-        assert!(
-            matches!(
-                r.routes.get("replies").map(|x| *x),
-                Some(Route::Usable { .. })
-            ),
-            "a full queue is not the topic's fault"
-        );
-        assert_eq!(
-            r.check(
-                &Fake {
-                    calls: Cell::new(0),
-                    answer: Err("x")
-                },
-                &to("replies", Some(0))
-            ),
-            Ok(())
-        );
-        producer.purge(rdkafka::producer::PurgeConfig::default().queue());
-    }
-
-    #[test]
-    fn a_timed_out_reply_leaves_its_topic_usable_a_refused_one_does_not() {
-        let r = std::sync::Arc::new(ReplyRoutes::default());
-        let usable = |r: &ReplyRoutes, t: &str| {
+        for t in ["full", "late", "gone"] {
             r.routes.insert(
                 t.into(),
                 Route::Usable {
                     partitions: 1,
                     until: Instant::now() + USABLE_TTL,
                 },
-            )
-        };
-        usable(&r, "replies");
-        usable(&r, "gone");
-        // No broker: the reply times out after 100 ms, and the producer's
-        // delivery report reaches the routes.
-        let producer: EngineProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:9")
-            .set("message.timeout.ms", "100")
-            .create_with_context(crate::pipeline::producer::DeliveryContext)
-            .unwrap();
-        let rec = BaseRecord::with_opaque_to("replies", Ack::untracked(Some(r.clone())))
-            .key(&b"k"[..])
-            .payload(&b"v"[..])
-            .partition(0);
-        assert_eq!(r.send_alone(&producer, rec), Ok(()));
-        assert_eq!(
-            producer.flush(Duration::from_secs(10)).err(),
-            None,
-            "the delivery report came"
-        );
-        assert!(
-            matches!(
-                r.routes.get("replies").map(|x| *x),
-                Some(Route::Usable { .. })
-            ),
-            "a timeout is the broker's, not the topic's"
+            );
+        }
+        assert_eq!(r.queue_full("full"), failure::QUEUE_FULL);
+        r.delivery_failed(
+            "late",
+            &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
         );
         r.delivery_failed(
             "gone",
             &KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition),
         );
+        let usable = |t: &str| matches!(r.routes.get(t).map(|x| *x), Some(Route::Usable { .. }));
+        assert!(usable("full"), "a full queue is not the topic's fault");
+        assert!(usable("late"), "a timeout is the broker's, not the topic's");
         assert!(matches!(
             r.routes.get("gone").map(|x| *x),
             Some(Route::Unusable {
