@@ -157,9 +157,9 @@ pub struct EngineConfig {
     /// Maximum messages in the producer's local queue before backpressure.
     pub producer_queue_max_messages: u32,
     /// Producer linger (batching delay) of the decision log (decisions,
-    /// dead letters, shadow differences). In exactly-once mode one
-    /// transactional producer per worker carries replies too, with this
-    /// linger. No frontend waits for the log in at-least-once mode (replies
+    /// dead letters, shadow differences). In exactly-once mode the
+    /// transactional producers (two per worker) carry replies too, with
+    /// this linger. No frontend waits for the log in at-least-once mode (replies
     /// have their own producer, `reply_linger_ms`), so the default batches
     /// it: fewer, larger requests spare the broker the CPU that the
     /// replies' round trip competes for (BENCHMARKS.md, "Latency"). For

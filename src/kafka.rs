@@ -221,21 +221,28 @@ pub fn reply_producer_config(cfg: &Config) -> ClientConfig {
 /// The reply producer's delivery bound ([`reply_producer_config`]).
 pub const REPLY_TIMEOUT_MS: u64 = 10_000;
 
-/// The transactional producer of exactly-once worker `worker`: its
-/// `transactional.id` derives from the group, `instance_id` and the worker.
+/// The transactional producer of lane `lane` (0 or 1) of exactly-once
+/// worker `worker`: a worker alternates two transactions, one committing
+/// while the next is filled (`pipeline::exactly_once`). Its
+/// `transactional.id` derives from the group, `instance_id`, the worker and
+/// the lane: `<group>-<instance>-w<worker>` for lane 0 (the id a worker
+/// had before it had lanes, so a restarted instance still fences an older
+/// predecessor) and `...-w<worker>-b` for lane 1.
 pub fn transactional_producer_config(
     cfg: &Config,
     instance_id: &str,
     worker: usize,
+    lane: usize,
 ) -> ClientConfig {
     let mut d = producer_defaults(cfg, cfg.engine.producer_linger_ms);
     d.push(("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string()));
     let mut p = producer_protected();
+    let lane = if lane == 0 { "" } else { "-b" };
     p.push((
         "transactional.id",
-        format!("{}-{instance_id}-w{worker}", cfg.kafka.group_id),
+        format!("{}-{instance_id}-w{worker}{lane}", cfg.kafka.group_id),
     ));
-    layered(&cfg.kafka, &format!("txn-{worker}"), &d, &p)
+    layered(&cfg.kafka, &format!("txn-{worker}{lane}"), &d, &p)
 }
 
 /// The consumer of request worker `worker`, in the group `kafka.group_id`.
@@ -536,7 +543,7 @@ mod tests {
             ("producer", producer_config(cfg)),
             (
                 "transactional producer",
-                transactional_producer_config(cfg, "i", 0),
+                transactional_producer_config(cfg, "i", 0, 0),
             ),
             ("reply producer", reply_producer_config(cfg)),
             ("request consumer", request_consumer_config(cfg, 0)),
@@ -581,7 +588,7 @@ mod tests {
         assert_eq!(get(&producer_config(&cfg), "linger.ms"), Some("20"));
         assert_eq!(get(&reply_producer_config(&cfg), "linger.ms"), Some("0"));
         assert_eq!(
-            get(&transactional_producer_config(&cfg, "i", 0), "linger.ms"),
+            get(&transactional_producer_config(&cfg, "i", 0, 0), "linger.ms"),
             Some("20"),
             "exactly-once: one producer, the log's linger"
         );
@@ -687,8 +694,36 @@ mod tests {
         let c = request_consumer_config(&cfg, 1);
         assert_eq!(get(&c, "session.timeout.ms"), None);
         assert_eq!(get(&c, "partition.assignment.strategy"), None);
-        let t = transactional_producer_config(&Config::default(), "i", 0);
+        let t = transactional_producer_config(&Config::default(), "i", 0, 0);
         assert_eq!(get(&t, "transaction.timeout.ms"), Some("5000"));
+    }
+
+    #[test]
+    fn each_lane_of_a_worker_has_its_own_transactional_id() {
+        let cfg = Config::default();
+        let id = |worker, lane| {
+            get(
+                &transactional_producer_config(&cfg, "east-1", worker, lane),
+                "transactional.id",
+            )
+            .map(str::to_string)
+        };
+        let g = &cfg.kafka.group_id;
+        // Lane 0 keeps the id of a worker without lanes, so a restart
+        // after an upgrade still fences the predecessor's transactions.
+        assert_eq!(id(0, 0), Some(format!("{g}-east-1-w0")));
+        assert_eq!(id(0, 1), Some(format!("{g}-east-1-w0-b")));
+        assert_eq!(id(1, 1), Some(format!("{g}-east-1-w1-b")));
+        assert_ne!(
+            get(
+                &transactional_producer_config(&cfg, "east-1", 0, 0),
+                "client.id"
+            ),
+            get(
+                &transactional_producer_config(&cfg, "east-1", 0, 1),
+                "client.id"
+            ),
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! delivery that fails permanently stops the engine without storing the
 //! offset, so a restart decides that request again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -40,12 +40,14 @@ use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
 use crate::policy::CompiledPolicy;
 pub mod deadletter;
+pub mod exactly_once;
 pub mod producer;
 pub mod reply;
 pub mod tracker;
 
 pub use crate::policy::ActivePolicy;
 pub use deadletter::{DeadLetterSink, Origin, Source};
+pub use exactly_once::create_transactional_producer;
 pub use producer::{
     create_producer, create_reply_producer, send_reply, send_with_backpressure, Ack,
     DeliveryContext, EngineProducer, SendError,
@@ -247,7 +249,7 @@ pub fn run_worker(
         })?;
     tracing::info!(worker, %topic, delivery = ?cfg.engine.delivery, "worker subscribed");
     let result = if eos {
-        run_exactly_once(&shared, worker, &consumer, &shutdown)
+        exactly_once::run(&shared, worker, &consumer, &shutdown)
     } else {
         run_at_least_once(&shared, &consumer, &tracker, &shutdown)
     };
@@ -438,223 +440,6 @@ fn run_at_least_once(
         );
     }
     result
-}
-
-/// Create the transactional producer of an exactly-once worker. Its
-/// `transactional.id` derives from the group, `engine.instance_id` and the
-/// worker: give each instance a stable `instance_id`, so that a restarted
-/// instance fences its killed predecessor and aborts its open transaction at
-/// once (instead of after `transaction.timeout.ms`).
-pub fn create_transactional_producer(
-    cfg: &Config,
-    instance_id: &str,
-    worker: usize,
-) -> Result<EngineProducer, KafkaBoundaryError> {
-    let cc = crate::kafka::transactional_producer_config(cfg, instance_id, worker);
-    cc.create_with_context(DeliveryContext)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "transactional producer",
-            source,
-        })
-}
-
-fn txn_error(what: &str, e: KafkaError) -> PipelineError {
-    PipelineError::Transaction(format!("{what}: {e}"))
-}
-
-/// What to do after a failed transactional call.
-enum TxnFailure {
-    /// Abort, rewind, carry on.
-    Abort(KafkaError),
-    /// Stop the worker (fenced, or fatal).
-    Fatal(KafkaError),
-}
-
-/// Whether a transactional error says another producer with our
-/// transactional.id took over (a duplicate live instance): then stop.
-fn is_fenced(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                | rdkafka::types::RDKafkaErrorCode::InvalidProducerEpoch
-        )
-    )
-}
-
-fn classify_txn(e: KafkaError) -> TxnFailure {
-    match &e {
-        KafkaError::Transaction(rde) if rde.is_fatal() => TxnFailure::Fatal(e),
-        _ => TxnFailure::Abort(e),
-    }
-}
-
-/// Exactly-once: read, decide and produce inside a transaction, with the
-/// consumed offsets sent to the same transaction (fenced by the group
-/// generation, KIP-447). On an abortable error the transaction is aborted
-/// and the consumer rewinds to the first offset of the batch.
-fn run_exactly_once(
-    shared: &Shared,
-    worker: usize,
-    consumer: &BaseConsumer<WorkerContext>,
-    shutdown: &CancellationToken,
-) -> Result<(), PipelineError> {
-    let cfg = &shared.cfg;
-    let topic = &cfg.topics.requests;
-    let timeout = Duration::from_millis(cfg.engine.shutdown_timeout_ms.max(10_000));
-    // A retriable failure of init_transactions (the coordinator loading, or
-    // a timeout while a killed predecessor's transaction is being aborted,
-    // which a loaded machine can stretch past the timeout) is retried, as
-    // librdkafka allows, until shutdown; anything else stops the worker.
-    let start_producer = || -> Result<EngineProducer, PipelineError> {
-        let producer = create_transactional_producer(cfg, &shared.instance_id, worker)?;
-        loop {
-            match producer.init_transactions(timeout) {
-                Ok(()) => return Ok(producer),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && !shutdown.is_cancelled() => {
-                    tracing::warn!(worker, error = %e, "init_transactions failed; retrying");
-                }
-                Err(e) => return Err(txn_error("init_transactions", e)),
-            }
-        }
-    };
-    let sink = |producer: &EngineProducer| {
-        DeadLetterSink::new(
-            producer.clone(),
-            cfg.topics.deadletter.clone(),
-            cfg.engine.deadletter_max_payload_bytes,
-            shutdown.clone(),
-        )
-    };
-    let mut producer = start_producer()?;
-    let mut deadletters = sink(&producer);
-    let max_n = cfg.engine.transaction_max_messages;
-    let max_wait = Duration::from_millis(cfg.engine.transaction_max_ms);
-
-    while !shutdown.is_cancelled() {
-        let Some(first) = poll_one(consumer, Duration::from_millis(100))? else {
-            continue;
-        };
-        producer
-            .begin_transaction()
-            .map_err(|e| txn_error("begin_transaction", e))?;
-        let out = Output {
-            producer: &producer,
-            replies: None,
-            deadletters: &deadletters,
-            tracker: None,
-        };
-        let revocations = consumer.context().revocations.load(Ordering::Acquire);
-        // partition -> (first offset, next offset)
-        let mut span: HashMap<i32, (i64, i64)> = HashMap::new();
-        let opened = Instant::now();
-        let mut n = 0;
-        let mut msg = Some(first);
-        let mut failed = None;
-        while let Some(m) = msg.take() {
-            let e = span
-                .entry(m.partition())
-                .or_insert((m.offset(), m.offset()));
-            e.1 = m.offset() + 1;
-            n += 1;
-            if let Err(e) = process(shared, &out, &m, shutdown) {
-                failed = Some(e);
-                break;
-            }
-            drop(m);
-            let left = max_wait.saturating_sub(opened.elapsed());
-            if n >= max_n || left.is_zero() || shutdown.is_cancelled() {
-                break;
-            }
-            msg = poll_one(consumer, left)?;
-            if msg.is_none() && opened.elapsed() < max_wait {
-                msg = poll_one(consumer, max_wait.saturating_sub(opened.elapsed()))?;
-            }
-        }
-        let commit = match failed {
-            Some(SendError::Shutdown) => Err(TxnFailure::Abort(KafkaError::Canceled)),
-            Some(SendError::Refused(e)) => Err(TxnFailure::Fatal(e)),
-            Some(SendError::Encode(e)) => {
-                let _ = producer.abort_transaction(timeout);
-                return Err(PipelineError::Encode(e));
-            }
-            // Partitions were revoked during the batch: its offsets may no
-            // longer be this worker's to commit; abort, the kept partitions
-            // rewind and the moved ones are decided by their new owner.
-            None if consumer.context().revocations.load(Ordering::Acquire) != revocations => {
-                Err(TxnFailure::Abort(KafkaError::Canceled))
-            }
-            None => {
-                let started = Instant::now();
-                let r = commit_batch(&producer, consumer, topic, &span, timeout);
-                if r.is_ok() {
-                    metrics::histogram!(m::TRANSACTION_COMMIT_SECONDS)
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!(m::TRANSACTION_REQUESTS).record(n as f64);
-                }
-                r
-            }
-        };
-        match commit {
-            Ok(()) => {
-                metrics::counter!(m::OFFSETS_STORED_TOTAL).increment(span.len() as u64);
-            }
-            Err(failure) => {
-                // Abortable: abort and rewind. Fatal (for example the broker
-                // aborted a transaction that outlived `transaction.timeout.ms`
-                // on a loaded machine, and the abort then meets
-                // INVALID_TXN_STATE): the producer cannot be used again;
-                // a new one with the same transactional.id takes over
-                // (init_transactions bumps the epoch), and the batch is
-                // decided again. Only a fenced producer (another live
-                // instance with this transactional.id) stops the worker.
-                let e = match failure {
-                    TxnFailure::Abort(e) => {
-                        tracing::warn!(error = %e, requests = n, "transaction aborted; rewinding");
-                        producer.abort_transaction(timeout).err()
-                    }
-                    TxnFailure::Fatal(e) => Some(e),
-                };
-                if let Some(e) = e {
-                    if is_fenced(&e) || shutdown.is_cancelled() {
-                        let _ = producer.abort_transaction(timeout);
-                        return Err(txn_error("transaction", e));
-                    }
-                    tracing::error!(worker, error = %e, "transactional producer failed; replacing it and deciding the batch again");
-                    drop(deadletters);
-                    producer = start_producer()?;
-                    deadletters = sink(&producer);
-                }
-                for (p, (first, _)) in &span {
-                    if let Err(e) = consumer.seek(topic, *p, Offset::Offset(*first), timeout) {
-                        tracing::debug!(partition = p, error = %e, "rewind (partition revoked?)");
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn commit_batch(
-    producer: &EngineProducer,
-    consumer: &BaseConsumer<WorkerContext>,
-    topic: &str,
-    span: &HashMap<i32, (i64, i64)>,
-    timeout: Duration,
-) -> Result<(), TxnFailure> {
-    let mut tpl = TopicPartitionList::new();
-    for (p, (_, next)) in span {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*next))
-            .map_err(TxnFailure::Fatal)?;
-    }
-    let Some(group) = consumer.group_metadata() else {
-        return Err(TxnFailure::Abort(KafkaError::Canceled));
-    };
-    producer
-        .send_offsets_to_transaction(&tpl, &group, timeout)
-        .map_err(classify_txn)?;
-    producer.commit_transaction(timeout).map_err(classify_txn)
 }
 
 /// Where a worker's records go.
