@@ -56,6 +56,10 @@ pub const OFFSETS_STORED_TOTAL: &str = "clearance_offsets_stored_total";
 pub const IN_FLIGHT_MESSAGES: &str = "clearance_in_flight_messages";
 /// Counter: consumer-group rebalances, by `kind` (assign, revoke).
 pub const REBALANCES_TOTAL: &str = "clearance_rebalances_total";
+/// Counter: request consumers replaced after a fatal error, by `reason`
+/// (`fenced`: another member took its `group.instance.id`, usually its
+/// own rejoin after a session timeout).
+pub const CONSUMER_RESTARTS_TOTAL: &str = "clearance_consumer_restarts_total";
 /// Gauge: policy info (value 1), labelled with `policy_id` and `policy_version`.
 pub const POLICY_INFO: &str = "clearance_policy_info";
 
@@ -343,6 +347,10 @@ fn describe() {
     );
     describe_gauge!(IN_FLIGHT_MESSAGES, "Produced, not yet confirmed.");
     describe_counter!(REBALANCES_TOTAL, "Consumer-group rebalances.");
+    describe_counter!(
+        CONSUMER_RESTARTS_TOTAL,
+        "Request consumers replaced after a fatal error (fenced static member)."
+    );
     describe_gauge!(POLICY_INFO, "The active policy (labels; 1 = active).");
     describe_counter!(POLICY_ACTIVATIONS_TOTAL, "Policies activated.");
     describe_counter!(

@@ -34,6 +34,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::BaseRecord;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,10 @@ pub enum PipelineError {
     /// The consumer hit a fatal error.
     #[error("fatal consumer error: {0}")]
     Consumer(KafkaError),
+    /// The consumer was fenced again and again: another member uses its
+    /// `group.instance.id`.
+    #[error("consumer fenced: {0}")]
+    Fenced(String),
     /// Exactly-once: a transactional call failed fatally (e.g. fenced).
     #[error("transaction failed: {0}")]
     Transaction(String),
@@ -226,12 +231,83 @@ pub(crate) fn store_done<C: ConsumerContext>(
 
 /// Run one worker until `shutdown`: subscribe, process, and on the way out
 /// drain in-flight deliveries and commit. Blocking: call it on its own
-/// thread.
+/// thread. A consumer fenced as a static member is replaced by a new one
+/// (`FencedRejoins` bounds how often).
 pub fn run_worker(
     shared: Arc<Shared>,
     worker: usize,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
+    let mut fenced = FencedRejoins::default();
+    loop {
+        let (result, fatal) = run_consumer(&shared, worker, &shutdown)?;
+        match fatal {
+            Some((RDKafkaErrorCode::FencedInstanceId, reason)) if !shutdown.is_cancelled() => {
+                if !fenced.allow(Instant::now()) {
+                    return Err(PipelineError::Fenced(format!(
+                        "worker {worker}'s consumer was fenced {} times within {} s: is another \
+                         instance running with engine.instance_id = {:?}? ({reason})",
+                        FencedRejoins::MAX + 1,
+                        FencedRejoins::WINDOW.as_secs(),
+                        shared.cfg.engine.instance_id
+                    )));
+                }
+                tracing::warn!(worker, %reason, "request consumer fenced by a member with its group.instance.id (librdkafka rejoins as a new member after a session timeout, for example across a broker restart, and so fences itself); starting a new consumer");
+                metrics::counter!(m::CONSUMER_RESTARTS_TOTAL, "reason" => "fenced").increment(1);
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// How often a worker replaces a consumer that was fenced (a static member
+/// whose `group.instance.id` another member took): at most [`Self::MAX`]
+/// times within [`Self::WINDOW`]. A consumer whose session timed out (a
+/// broker restart that outlasts `session.timeout.ms`) rejoins as a new
+/// member and fences its own old member id; librdkafka makes that fatal,
+/// and a new consumer takes the partitions back. Fenced again and again,
+/// it is another live instance with the same `engine.instance_id`: stop,
+/// and say so.
+#[derive(Debug, Default)]
+struct FencedRejoins {
+    at: std::collections::VecDeque<Instant>,
+}
+
+impl FencedRejoins {
+    const MAX: usize = 3;
+    const WINDOW: Duration = Duration::from_secs(300);
+
+    fn allow(&mut self, now: Instant) -> bool {
+        while self
+            .at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Self::WINDOW)
+        {
+            self.at.pop_front();
+        }
+        if self.at.len() >= Self::MAX {
+            return false;
+        }
+        self.at.push_back(now);
+        true
+    }
+}
+
+/// One consumer's life in a worker: create, subscribe, run the delivery
+/// mode's loop, leave the group. Returns the loop's result and the
+/// consumer's fatal error, if it had one.
+#[allow(clippy::type_complexity)]
+fn run_consumer(
+    shared: &Arc<Shared>,
+    worker: usize,
+    shutdown: &CancellationToken,
+) -> Result<
+    (
+        Result<(), PipelineError>,
+        Option<(RDKafkaErrorCode, String)>,
+    ),
+    PipelineError,
+> {
     let cfg = &shared.cfg;
     let topic = cfg.topics.requests.clone();
     let tracker = Arc::new(Tracker::default());
@@ -259,13 +335,25 @@ pub fn run_worker(
         })?;
     tracing::info!(worker, %topic, delivery = ?cfg.engine.delivery, "worker subscribed");
     let result = if eos {
-        exactly_once::run(&shared, worker, &consumer, &shutdown)
+        exactly_once::run(shared, worker, &consumer, shutdown)
     } else {
-        at_least_once::run(&shared, &consumer, &tracker, &shutdown)
+        at_least_once::run(shared, &consumer, &tracker, shutdown)
     };
-    leave_group(&consumer);
+    let fatal = consumer.client().fatal_error();
+    if fatal.is_some() {
+        // A fatal consumer serves no revocation: forget its partitions
+        // here (a new consumer, or another member, gets them again).
+        if let Ok(tpl) = consumer.assignment() {
+            let mut a = shared.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            for e in tpl.elements_for_topic(&topic) {
+                a.remove(&e.partition());
+            }
+        }
+    } else {
+        leave_group(&consumer);
+    }
     tracing::info!(worker, "worker stopped");
-    result
+    Ok((result, fatal))
 }
 
 /// Leave the group before the consumer closes, so that the other instances
@@ -624,6 +712,31 @@ fn send_decision(
             Ok(())
         }
         r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fenced_consumer_is_replaced_three_times_in_five_minutes_then_the_worker_stops() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut f = FencedRejoins::default();
+        assert!(f.allow(at(0)));
+        assert!(f.allow(at(10)));
+        assert!(f.allow(at(20)));
+        assert!(!f.allow(at(30)), "a fourth fencing within 300 s stops");
+        assert!(!f.allow(at(299)));
+        // Once the first has left the window, one more is allowed.
+        assert!(f.allow(at(300)));
+        assert!(!f.allow(at(301)));
+        // Rare fencings (one per broker restart) never stop the worker.
+        let mut f = FencedRejoins::default();
+        for i in 0..20 {
+            assert!(f.allow(at(i * 200)));
+        }
     }
 }
 

@@ -604,3 +604,119 @@ async fn a_kill_right_after_a_restart_re_decides_little() {
     );
     assert!((dups as f64) <= bound, "{dups} duplicates > {bound:.0}");
 }
+
+/// A static member fenced by a newer member with its `group.instance.id`
+/// (what librdkafka does to itself when its session times out, for
+/// example across a broker restart that outlasts `session.timeout.ms`: it
+/// rejoins as a new member, and its old member id is fenced; librdkafka
+/// makes that fatal) gets a new consumer, takes its partitions back and
+/// keeps deciding; the replacement is counted. Before, the worker stopped
+/// and the engine with it (seen once in CI during the broker-restart
+/// fault test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_static_member_gets_a_new_consumer_and_keeps_deciding() {
+    let _heavy = HEAVY.lock().await;
+    let mut cfg = test_config("gfence");
+    cfg.engine.workers = 1;
+    create_topics(&cfg).await;
+    let subjects: Vec<_> = (0..20).map(|i| loadgen::subject("gf", i)).collect();
+    let p = producer();
+    seed(&p, &cfg, &subjects);
+    let (h, stop) = start_engine(&cfg).await;
+    wait_feed_applied(&h, &cfg).await;
+    let c = reader(&cfg.topics.decisions);
+    let decided = |ids: &std::ops::Range<usize>, within: Duration| {
+        let want: BTreeSet<String> = ids.clone().map(|i| format!("gf-{i}")).collect();
+        let reads = tokio::task::block_in_place(|| {
+            read_until(&c, within, |r| {
+                let got: BTreeSet<String> =
+                    decisions(r).into_iter().map(|d| d.request_id).collect();
+                want.is_subset(&got)
+            })
+        });
+        let got: BTreeSet<String> = decisions(&reads)
+            .into_iter()
+            .map(|d| d.request_id)
+            .collect();
+        want.difference(&got).cloned().collect::<Vec<_>>()
+    };
+    publish_raw(
+        &p,
+        &cfg.topics.requests,
+        &request_batch(&subjects, "gf", 0..50),
+    );
+    let left = decided(&(0..50), Duration::from_secs(60));
+    assert!(left.is_empty(), "before the fencing, undecided: {left:?}");
+
+    // Take worker 0's group.instance.id.
+    let usurper: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.bootstrap_servers)
+        .set("group.id", &cfg.kafka.group_id)
+        .set(
+            "group.instance.id",
+            format!("{}-w0", cfg.engine.instance_id),
+        )
+        .set("session.timeout.ms", "6000")
+        // The engine's protocol: a member with another is refused.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("usurper consumer");
+    usurper.subscribe(&[&cfg.topics.requests]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    tokio::task::block_in_place(|| {
+        while usurper.assignment().map_or(true, |a| a.count() == 0) {
+            assert!(
+                Instant::now() < deadline,
+                "the usurper got no partition within 60 s"
+            );
+            let _ = usurper.poll(Duration::from_millis(100));
+        }
+    });
+    drop(usurper);
+
+    // The engine's consumer learns of the fencing at its next heartbeat or
+    // commit: wait for that (it is replaced and counted), or for the
+    // engine to stop (as it did before).
+    let restarts = || async {
+        let Ok((_, body)) = clearance::admin::get(h.admin_addr, "/metrics").await else {
+            return 0.0;
+        };
+        body.lines()
+            .find(|l| {
+                l.starts_with("clearance_consumer_restarts_total")
+                    && l.contains("reason=\"fenced\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while restarts().await < 1.0 && !h.join.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !h.join.is_finished(),
+        "the engine stopped after its consumer was fenced"
+    );
+    assert!(
+        restarts().await >= 1.0,
+        "no fenced consumer was replaced (clearance_consumer_restarts_total) within 30 s"
+    );
+
+    // The engine keeps deciding.
+    publish_raw(
+        &p,
+        &cfg.topics.requests,
+        &request_batch(&subjects, "gf", 50..100),
+    );
+    let left = decided(&(50..100), Duration::from_secs(90));
+    assert!(
+        left.is_empty(),
+        "after the fencing, undecided: {} of 50, e.g. {:?}",
+        left.len(),
+        &left[..left.len().min(5)]
+    );
+    assert!(!h.join.is_finished(), "the engine is still running");
+    stop_engine(h, stop).await;
+}
