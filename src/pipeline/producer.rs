@@ -83,8 +83,25 @@ impl ProducerContext for DeliveryContext {
             }
             Err((e, msg)) => {
                 let topic = msg.topic().to_string();
+                // Purged before delivery: an aborted transaction's records
+                // (exactly-once; its batch is rewound and decided again).
+                let purged = matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                );
                 if let Some(routes) = &ack.reply {
-                    routes.delivery_failed(&topic, e);
+                    if purged {
+                        routes.withdrawn(&topic);
+                    } else {
+                        routes.delivery_failed(&topic, e);
+                    }
+                    return;
+                }
+                if purged && ack.tracker.is_none() {
+                    // Untracked: not an at-least-once decision, whose
+                    // offset waits for it (a purge there still stops the
+                    // worker below, as any undelivered decision does).
+                    tracing::debug!(%topic, "record of an aborted transaction purged");
                     return;
                 }
                 metrics::counter!(m::DELIVERY_FAILURES_TOTAL).increment(1);
@@ -254,6 +271,35 @@ mod tests {
             "a full queue is not the topic's fault"
         );
         producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+    }
+
+    #[test]
+    fn a_reply_purged_by_an_aborted_transaction_leaves_its_topic_usable() {
+        // An exactly-once abort purges the transaction's records, replies
+        // included; the batch is decided again, so the topic is not at
+        // fault (before: unusable for 10 s, and the replies of the batch
+        // decided again were skipped).
+        let producer = create(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .clone(),
+            "test",
+        )
+        .unwrap();
+        let r = routes_knowing("replies");
+        let rec = record("replies", Ack::untracked(Some(Arc::clone(&r))));
+        assert_eq!(send_reply(&producer, &r, rec), Ok(()));
+        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        assert_eq!(
+            producer.flush(Duration::from_secs(10)).err(),
+            None,
+            "the delivery report came"
+        );
+        assert_eq!(
+            r.check(&Down, &to("replies")),
+            Ok(()),
+            "a purge is the transaction's abort, not the topic's fault"
+        );
     }
 
     #[test]

@@ -207,6 +207,9 @@ pub mod failure {
     /// The reply was not delivered within the reply producer's bound
     /// (`kafka::REPLY_TIMEOUT_MS`: a broker outage or overload).
     pub const TIMED_OUT: &str = "timed_out";
+    /// The reply was withdrawn with its transaction (exactly-once: an
+    /// aborted batch is decided, and replied to, again).
+    pub const ABORTED: &str = "aborted";
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -361,6 +364,14 @@ impl ReplyRoutes {
             },
         );
         self.failed(failure::DELIVERY_FAILED, topic, &e.to_string());
+    }
+
+    /// A reply was purged with its aborted transaction (exactly-once):
+    /// counted as [`failure::ABORTED`]; the topic stays usable, for the
+    /// reply of the batch decided again.
+    pub fn withdrawn(&self, topic: &str) {
+        metrics::counter!(m::REPLY_FAILURES_TOTAL, "reason" => failure::ABORTED).increment(1);
+        tracing::debug!(topic, "reply withdrawn with its aborted transaction");
     }
 
     /// A reply was dropped because the reply producer's queue was full
