@@ -293,21 +293,17 @@ impl FencedRejoins {
     }
 }
 
+/// A consumer's fatal error (`rd_kafka_fatal_error`), if it had one.
+type FatalError = Option<(RDKafkaErrorCode, String)>;
+
 /// One consumer's life in a worker: create, subscribe, run the delivery
 /// mode's loop, leave the group. Returns the loop's result and the
-/// consumer's fatal error, if it had one.
-#[allow(clippy::type_complexity)]
+/// consumer's fatal error.
 fn run_consumer(
     shared: &Arc<Shared>,
     worker: usize,
     shutdown: &CancellationToken,
-) -> Result<
-    (
-        Result<(), PipelineError>,
-        Option<(RDKafkaErrorCode, String)>,
-    ),
-    PipelineError,
-> {
+) -> Result<(Result<(), PipelineError>, FatalError), PipelineError> {
     let cfg = &shared.cfg;
     let topic = cfg.topics.requests.clone();
     let tracker = Arc::new(Tracker::default());
