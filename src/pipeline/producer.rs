@@ -273,32 +273,42 @@ mod tests {
         producer.purge(rdkafka::producer::PurgeConfig::default().queue());
     }
 
+    /// Send one reply through a producer with no broker, let `fail` make
+    /// its delivery report come (a timeout, a purge), and check that the
+    /// report left the reply topic usable.
+    fn reply_failure_keeps_the_topic(
+        timeout_ms: Option<&str>,
+        fail: impl Fn(&EngineProducer),
+        why: &str,
+    ) {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", "127.0.0.1:9");
+        if let Some(ms) = timeout_ms {
+            c.set("message.timeout.ms", ms);
+        }
+        let producer = create(c, "test").unwrap();
+        let r = routes_knowing("replies");
+        let rec = record("replies", Ack::untracked(Some(Arc::clone(&r))));
+        assert_eq!(send_reply(&producer, &r, rec), Ok(()));
+        fail(&producer);
+        assert_eq!(
+            producer.flush(Duration::from_secs(10)).err(),
+            None,
+            "the delivery report came"
+        );
+        assert_eq!(r.check(&Down, &to("replies")), Ok(()), "{why}");
+    }
+
     #[test]
     fn a_reply_purged_by_an_aborted_transaction_leaves_its_topic_usable() {
         // An exactly-once abort purges the transaction's records, replies
         // included; the batch is decided again, so the topic is not at
         // fault (before: unusable for 10 s, and the replies of the batch
         // decided again were skipped).
-        let producer = create(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", "127.0.0.1:9")
-                .clone(),
-            "test",
-        )
-        .unwrap();
-        let r = routes_knowing("replies");
-        let rec = record("replies", Ack::untracked(Some(Arc::clone(&r))));
-        assert_eq!(send_reply(&producer, &r, rec), Ok(()));
-        producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-        assert_eq!(
-            producer.flush(Duration::from_secs(10)).err(),
+        reply_failure_keeps_the_topic(
             None,
-            "the delivery report came"
-        );
-        assert_eq!(
-            r.check(&Down, &to("replies")),
-            Ok(()),
-            "a purge is the transaction's abort, not the topic's fault"
+            |p| p.purge(rdkafka::producer::PurgeConfig::default().queue().inflight()),
+            "a purge is the transaction's abort, not the topic's fault",
         );
     }
 
@@ -306,26 +316,10 @@ mod tests {
     fn a_timed_out_reply_leaves_its_topic_usable() {
         // No broker: the reply times out after 100 ms, and the producer's
         // delivery report reaches the routes.
-        let producer = create(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", "127.0.0.1:9")
-                .set("message.timeout.ms", "100")
-                .clone(),
-            "test",
-        )
-        .unwrap();
-        let r = routes_knowing("replies");
-        let rec = record("replies", Ack::untracked(Some(Arc::clone(&r))));
-        assert_eq!(send_reply(&producer, &r, rec), Ok(()));
-        assert_eq!(
-            producer.flush(Duration::from_secs(10)).err(),
-            None,
-            "the delivery report came"
-        );
-        assert_eq!(
-            r.check(&Down, &to("replies")),
-            Ok(()),
-            "a timeout is the broker's, not the topic's"
+        reply_failure_keeps_the_topic(
+            Some("100"),
+            |_| {},
+            "a timeout is the broker's, not the topic's",
         );
     }
 }
