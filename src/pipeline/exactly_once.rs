@@ -70,6 +70,9 @@ fn txn_error(what: &str, e: KafkaError) -> PipelineError {
 enum TxnFailure {
     /// Abort, rewind, carry on.
     Abort(KafkaError),
+    /// The worker's own decision to abort (the reason): abort, rewind,
+    /// carry on.
+    Withdraw(&'static str),
     /// The producer cannot be used again (fenced, or fatal).
     Fatal(KafkaError),
 }
@@ -92,6 +95,10 @@ fn classify_txn(e: KafkaError) -> TxnFailure {
         _ => TxnFailure::Abort(e),
     }
 }
+
+/// Why a commit was not attempted: the consumer had no group metadata (it
+/// is leaving the group).
+const NO_GROUP: &str = "no group metadata";
 
 /// Partition -> (first offset, next offset) of a batch.
 type Span = HashMap<i32, (i64, i64)>;
@@ -213,6 +220,10 @@ impl Worker<'_> {
                 tracing::warn!(error = %e, requests, "transaction aborted; rewinding");
                 lanes[lane].producer.abort_transaction(self.timeout).err()
             }
+            TxnFailure::Withdraw(why) => {
+                tracing::info!(reason = why, requests, "transaction aborted; rewinding");
+                lanes[lane].producer.abort_transaction(self.timeout).err()
+            }
             TxnFailure::Fatal(e) => Some(e),
         };
         let Some(e) = e else {
@@ -244,7 +255,7 @@ impl Worker<'_> {
     /// Start committing `span` on `lane` (on a helper thread).
     fn commit(&self, lanes: &[Lane; 2], lane: usize, span: Span, requests: usize) -> Committing {
         let commit = match self.consumer.group_metadata() {
-            None => Commit::Done(Err(TxnFailure::Abort(KafkaError::Canceled))),
+            None => Commit::Done(Err(TxnFailure::Withdraw(NO_GROUP))),
             Some(group) => {
                 let tpl = offsets(&self.shared.cfg.topics.requests, &span);
                 let producer = lanes[lane].producer.clone();
@@ -262,7 +273,7 @@ impl Worker<'_> {
                             Some(g) => {
                                 commit_batch(&lanes[lane].producer, tpl, &g, timeout, requests)
                             }
-                            None => Err(TxnFailure::Abort(KafkaError::Canceled)),
+                            None => Err(TxnFailure::Withdraw(NO_GROUP)),
                         })
                     }
                 }
@@ -413,7 +424,7 @@ pub(super) fn run(
             }
         }
         let own = match failed {
-            Some(SendError::Shutdown) => Err(TxnFailure::Abort(KafkaError::Canceled)),
+            Some(SendError::Shutdown) => Err(TxnFailure::Withdraw("shutdown")),
             Some(SendError::Refused(e)) => Err(TxnFailure::Fatal(e)),
             Some(SendError::Encode(e)) => {
                 let _ = lanes[lane].producer.abort_transaction(w.timeout);
@@ -426,7 +437,7 @@ pub(super) fn run(
             // longer be this worker's to commit; abort, the kept partitions
             // rewind and the moved ones are decided by their new owner.
             None if consumer.context().revocations.load(Ordering::Acquire) != revocations => {
-                Err(TxnFailure::Abort(KafkaError::Canceled))
+                Err(TxnFailure::Withdraw("partitions revoked during the batch"))
             }
             None => Ok(()),
         };
@@ -437,7 +448,7 @@ pub(super) fn run(
                 // Not committed: neither may this batch be (the rewind
                 // above covers it).
                 let aborted = match own {
-                    Ok(()) => TxnFailure::Abort(KafkaError::Canceled),
+                    Ok(()) => TxnFailure::Withdraw("the previous batch's commit failed"),
                     Err(f) => f,
                 };
                 w.recover(&mut lanes, lane, aborted, n)?;
