@@ -33,8 +33,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    poll_one, process, DeadLetterSink, DeliveryContext, EngineProducer, Output, PipelineError,
-    SendError, Shared, WorkerContext,
+    poll_one, process, DeadLetterSink, EngineProducer, Output, PipelineError, SendError, Shared,
+    WorkerContext,
 };
 use crate::config::Config;
 use crate::kafka::KafkaBoundaryError;
@@ -53,12 +53,10 @@ pub fn create_transactional_producer(
     worker: usize,
     lane: usize,
 ) -> Result<EngineProducer, KafkaBoundaryError> {
-    let cc = crate::kafka::transactional_producer_config(cfg, instance_id, worker, lane);
-    cc.create_with_context(DeliveryContext)
-        .map_err(|source| KafkaBoundaryError::Client {
-            what: "transactional producer",
-            source,
-        })
+    super::producer::create(
+        crate::kafka::transactional_producer_config(cfg, instance_id, worker, lane),
+        "transactional producer",
+    )
 }
 
 fn txn_error(what: &str, e: KafkaError) -> PipelineError {

@@ -83,21 +83,11 @@ impl ProducerContext for DeliveryContext {
             }
             Err((e, msg)) => {
                 let topic = msg.topic().to_string();
-                // Purged before delivery: an aborted transaction's records
-                // (exactly-once; its batch is rewound and decided again).
-                let purged = matches!(
-                    e.rdkafka_error_code(),
-                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-                );
                 if let Some(routes) = &ack.reply {
-                    if purged {
-                        routes.withdrawn(&topic);
-                    } else {
-                        routes.delivery_failed(&topic, e);
-                    }
+                    routes.delivery_failed(&topic, e);
                     return;
                 }
-                if purged && ack.tracker.is_none() {
+                if crate::pipeline::reply::is_purged(e) && ack.tracker.is_none() {
                     // Untracked: not an at-least-once decision, whose
                     // offset waits for it (a purge there still stops the
                     // worker below, as any undelivered decision does).
@@ -127,7 +117,7 @@ pub fn create_reply_producer(cfg: &Config) -> Result<EngineProducer, KafkaBounda
     create(crate::kafka::reply_producer_config(cfg), "reply producer")
 }
 
-fn create(
+pub(crate) fn create(
     c: rdkafka::ClientConfig,
     what: &'static str,
 ) -> Result<EngineProducer, KafkaBoundaryError> {

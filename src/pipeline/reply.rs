@@ -212,6 +212,15 @@ pub mod failure {
     pub const ABORTED: &str = "aborted";
 }
 
+/// Whether a record was purged before delivery: an aborted transaction's
+/// records (exactly-once; its batch is rewound and decided again).
+pub(crate) fn is_purged(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Route {
     Usable { partitions: i32, until: Instant },
@@ -347,11 +356,16 @@ impl ReplyRoutes {
     }
 
     /// A reply's delivery failed: count it, and skip the topic for
-    /// [`UNUSABLE_TTL`]; except a reply that timed out (a broker outage or
+    /// [`UNUSABLE_TTL`]; except a reply purged with its aborted transaction
+    /// ([`Self::withdrawn`]), and a reply that timed out (a broker outage or
     /// overload, not the topic's fault), which is counted as
     /// [`failure::TIMED_OUT`] and leaves the topic usable, so that replies
     /// resume as soon as the broker does.
     pub fn delivery_failed(&self, topic: &str, e: &KafkaError) {
+        if is_purged(e) {
+            self.withdrawn(topic);
+            return;
+        }
         if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
             self.failed(failure::TIMED_OUT, topic, &e.to_string());
             return;
