@@ -21,6 +21,8 @@
 //! - [`load`]: the eligibility feed and the requests, published once.
 //! - [`render`]: the Markdown table, medians of the runs and ratios taken
 //!   within each run.
+//! - [`cache`]: the eligibility cache at scale, in process: RSS per
+//!   record, lookup plus decide, and the DRAM probe beside them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -40,6 +42,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+pub mod cache;
 
 use crate::config::{Config, KafkaConfig};
 use crate::kafka::KafkaBoundaryError;
@@ -374,6 +378,83 @@ fn pass_worker(
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     consumer.unsubscribe();
     result.map(|()| n)
+}
+
+// ---------------------------------------------------------------------------
+// Read: the no-work consumer
+// ---------------------------------------------------------------------------
+
+/// What [`read_all`] read.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadReport {
+    /// Records read.
+    pub records: u64,
+    /// Bytes of keys and values read.
+    pub bytes: u64,
+    /// Seconds from creating the consumer to the last record.
+    pub secs: f64,
+}
+
+/// The no-work consumer of `clearance bench read`: read every partition of
+/// `topic` from its beginning to its high watermark at the start, with the
+/// change feed's consumer settings ([`crate::kafka::feed_consumer_config`]),
+/// and do nothing with the records. What a cold start costs without the
+/// engine's own work (`scripts/measure-start`).
+pub fn read_all(cfg: &Config, topic: &str, timeout: Duration) -> Result<ReadReport, BenchError> {
+    let t0 = Instant::now();
+    let consumer: BaseConsumer =
+        crate::kafka::feed_consumer_config(cfg)
+            .create()
+            .map_err(|source| KafkaBoundaryError::Client {
+                what: "reader",
+                source,
+            })?;
+    let never = CancellationToken::new();
+    let partitions = crate::kafka::topic_partitions(&consumer, topic, &never)?
+        .ok_or_else(|| BenchError::Invalid(format!("topic {topic}: no partitions")))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut left: HashMap<i32, i64> = HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        if high > low {
+            left.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while !left.is_empty() {
+        if t0.elapsed() > timeout {
+            return Err(BenchError::Timeout(format!(
+                "{topic}: {records} records read, {} partitions unfinished",
+                left.len()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            // The end, at or past the start's high watermark (a compacted
+            // partition may have no record at high - 1).
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                left.remove(&p);
+            }
+            Some(Ok(m)) => {
+                records += 1;
+                bytes += (m.key_len() + m.payload_len()) as u64;
+                if left
+                    .get(&m.partition())
+                    .is_some_and(|h| m.offset() + 1 >= *h)
+                {
+                    left.remove(&m.partition());
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    Ok(ReadReport {
+        records,
+        bytes,
+        secs: t0.elapsed().as_secs_f64(),
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -292,6 +292,37 @@ enum BenchCommand {
         #[arg(long, default_value_t = 900)]
         timeout_secs: u64,
     },
+    /// The eligibility cache at scale, in this process (no Kafka): RSS per
+    /// record after filling the store with the load generator's
+    /// population, lookup plus decide, and a DRAM probe over as much
+    /// memory. Prints one JSON line.
+    Cache {
+        /// Subjects, each with a record.
+        #[arg(long, default_value_t = 1_000_000)]
+        subjects: usize,
+        /// Decisions per lookup measurement (0: none).
+        #[arg(long, default_value_t = 2_000_000)]
+        lookups: usize,
+        /// Also walk a random cycle over as much memory as the store took.
+        #[arg(long)]
+        probe: bool,
+        /// The policy decided with.
+        #[arg(long, default_value = "benches/cedar/directive_core.toml")]
+        policy: std::path::PathBuf,
+    },
+    /// The no-work consumer: read TOPIC (default: the change feed) from its
+    /// beginning to its high watermarks with the change feed's consumer
+    /// settings, and nothing else. Prints one JSON line.
+    Read {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Topic (default: `topics.eligibility`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_secs: u64,
+    },
     /// Compare the outcomes (`request_id`, `outcome`) of two topics; exit 0
     /// when every request is in both with the same outcome, 1 otherwise.
     /// Prints one JSON line.
@@ -485,6 +516,38 @@ async fn bench_command(command: BenchCommand) -> Result<ExitCode> {
                 l.request_bytes,
                 l.request_bytes as f64 / l.requests.max(1) as f64
             );
+        }
+        BenchCommand::Read {
+            config,
+            topic,
+            timeout_secs,
+        } => {
+            let cfg = config.load()?;
+            let topic = topic.unwrap_or_else(|| cfg.topics.eligibility.clone());
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            let report =
+                tokio::task::spawn_blocking(move || bench::read_all(&cfg, &topic, timeout))
+                    .await
+                    .context("the reader panicked")??;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        BenchCommand::Cache {
+            subjects,
+            lookups,
+            probe,
+            policy,
+        } => {
+            let policy = clearance::policy::CompiledPolicy::load_file(&policy)
+                .with_context(|| format!("--policy {}", policy.display()))?;
+            let opts = bench::cache::CacheOptions {
+                subjects,
+                lookups,
+                probe,
+            };
+            let report = tokio::task::spawn_blocking(move || bench::cache::cache(&opts, &policy))
+                .await
+                .context("the cache measurement panicked")?;
+            println!("{}", serde_json::to_string(&report)?);
         }
         BenchCommand::Topic {
             bootstrap,

@@ -31,6 +31,9 @@ pub const DELETION_MARKERS: &str = "clearance_eligibility_deletion_markers";
 /// key would be applied again).
 pub const DELETION_MARKER_EVICTIONS_TOTAL: &str =
     "clearance_eligibility_deletion_marker_evictions_total";
+/// Counter: user records of the cache that did not unpack (a bug: the
+/// store packed them); each lookup of one decides as for an unknown subject.
+pub const CACHE_UNREADABLE_TOTAL: &str = "clearance_eligibility_unreadable_total";
 /// Gauge: change-feed messages not yet applied, per `partition`.
 pub const FEED_LAG_MESSAGES: &str = "clearance_feed_lag_messages";
 /// Gauge: seconds since the Kafka timestamp of the last applied change-feed record.
@@ -315,6 +318,10 @@ fn describe() {
     describe_counter!(
         DELETION_MARKER_EVICTIONS_TOTAL,
         "Deletion markers evicted beyond engine.deletion_markers_max."
+    );
+    describe_counter!(
+        CACHE_UNREADABLE_TOTAL,
+        "Lookups of a cached user record that did not unpack (a bug; decided as unknown)."
     );
     describe_gauge!(FEED_LAG_MESSAGES, "Change-feed lag per partition.");
     describe_gauge!(

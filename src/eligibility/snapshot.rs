@@ -43,6 +43,7 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::packed::PackedUser;
 use super::{DeletionMarker, Store};
 use crate::event::{
     Authorization, Citizenship, CountryCode, EligibilityRecord, KeyKind, OrgRecord, Owner,
@@ -115,7 +116,7 @@ pub struct SnapshotInfo {
 /// thread, while the feed goes on.
 #[derive(Debug)]
 pub struct View {
-    users: Vec<Arc<UserRecord>>,
+    users: Vec<PackedUser>,
     orgs: Vec<Arc<OrgRecord>>,
     markers: Vec<DeletionMarker>,
     positions: BTreeMap<i32, i64>,
@@ -217,8 +218,12 @@ impl View {
         };
         codec().serialize_into(&mut body, &header).map_err(enc)?;
         for u in &self.users {
+            let u = u.unpack().map_err(|e| SnapshotError::Io {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             codec()
-                .serialize_into(&mut body, &SnapUser::from(&**u))
+                .serialize_into(&mut body, &SnapUser::from(&u))
                 .map_err(enc)?;
         }
         for o in &self.orgs {
