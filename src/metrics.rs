@@ -192,6 +192,7 @@ pub mod hot {
     type DecisionCounters = HashMap<(&'static str, &'static str), HashMap<String, Counter>>;
 
     struct Handles {
+        feed_applied: [Counter; FEED_RESULTS.len()],
         in_flight: Gauge,
         replies: Counter,
         processing: Histogram,
@@ -202,6 +203,8 @@ pub mod hot {
     impl Handles {
         fn resolve() -> Self {
             Self {
+                feed_applied: FEED_RESULTS
+                    .map(|r| metrics::counter!(ELIGIBILITY_APPLIED_TOTAL, "result" => r)),
                 in_flight: metrics::gauge!(IN_FLIGHT_MESSAGES),
                 replies: metrics::counter!(REPLIES_TOTAL),
                 processing: metrics::histogram!(PROCESSING_SECONDS),
@@ -224,6 +227,22 @@ pub mod hot {
             // Re-entered (a metric recorded while recording one): resolve.
             Err(_) => f(&mut Handles::resolve()),
         })
+    }
+
+    /// The `result` labels of [`ELIGIBILITY_APPLIED_TOTAL`].
+    pub const FEED_RESULTS: [&str; 6] = [
+        "inserted", "updated", "stale", "deleted", "absent", "invalid",
+    ];
+
+    /// [`ELIGIBILITY_APPLIED_TOTAL`] up by one for `result`, one of
+    /// [`FEED_RESULTS`] (anything else counts as `invalid`).
+    pub fn feed_applied(result: &'static str) {
+        debug_assert!(FEED_RESULTS.contains(&result), "{result}");
+        let i = FEED_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(FEED_RESULTS.len() - 1);
+        with(|h| h.feed_applied[i].increment(1));
     }
 
     /// [`IN_FLIGHT_MESSAGES`] up by one (a record handed to the producer).

@@ -228,10 +228,10 @@ fn upsert_user(
     map: &DashMap<PackedUser, (), Hasher>,
     count: &AtomicI64,
     markers: &Mutex<Markers>,
-    rec: &UserRecord,
+    rec: PackedUser,
 ) -> Applied {
-    let version = rec.version;
-    match map.entry(PackedUser::pack(rec)) {
+    let version = rec.version();
+    match map.entry(rec) {
         Entry::Occupied(e) => {
             if e.key().version() >= version {
                 Applied::Stale
@@ -243,11 +243,12 @@ fn upsert_user(
         }
         Entry::Vacant(e) => {
             let mut mk = lock(markers);
-            if let Some(deleted) = mk.version(KeyKind::User, &rec.id) {
+            let id = e.key().id();
+            if let Some(deleted) = mk.version(KeyKind::User, id) {
                 if deleted >= version {
                     return Applied::Stale;
                 }
-                mk.remove(KeyKind::User, &rec.id);
+                mk.remove(KeyKind::User, id);
             }
             drop(mk);
             e.insert(());
@@ -316,13 +317,20 @@ impl Store {
     pub fn apply(&self, rec: EligibilityRecord) -> Applied {
         let (users, orgs, mk) = (&self.users, &self.orgs, &self.markers);
         match rec {
-            EligibilityRecord::User(u) => upsert_user(users, &self.user_count, mk, &u),
+            EligibilityRecord::User(u) => {
+                upsert_user(users, &self.user_count, mk, PackedUser::pack(&u))
+            }
             EligibilityRecord::Organization(o) => {
                 let (id, v) = (o.id.clone(), o.version);
                 let (count, kind) = (&self.org_count, KeyKind::Organization);
                 upsert(orgs, count, mk, kind, &id, v, o, |r| r.version)
             }
         }
+    }
+
+    /// [`Store::apply`] for a user record already packed (a snapshot's).
+    pub fn apply_packed(&self, user: PackedUser) -> Applied {
+        upsert_user(&self.users, &self.user_count, &self.markers, user)
     }
 
     /// Apply a tombstone: remove the key, and keep a deletion marker with

@@ -14,7 +14,8 @@
 //! field for field, offsets included (tested over arbitrary records). The
 //! conversions destructure the record whole, so a field added to
 //! [`UserRecord`] does not compile until it is added here too. The bytes
-//! never leave the process (snapshots have their own format).
+//! leave the process only in snapshots, whose format number changes with
+//! this layout.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -218,6 +219,38 @@ impl PackedUser {
         self.0.get(end..).map_or(0, |b| varint(b).0)
     }
 
+    /// Packed bytes read back from a snapshot. Checked cheaply: the id
+    /// (length within the bytes, UTF-8, not empty) and the version must
+    /// read. The rest is not decoded here: the snapshot's checksum
+    /// guarantees these are the bytes that were written, and its
+    /// [`layout_fingerprint`] that this build packs the same way; a record
+    /// that still does not unpack is decided as an unknown subject, and
+    /// counted ([`crate::eligibility::Store::user`]).
+    pub fn from_snapshot_bytes(bytes: Vec<u8>) -> Result<PackedUser, UnpackError> {
+        let (len, at) = varint(&bytes);
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|end| *end < bytes.len())
+            .ok_or_else(|| UnpackError("the id runs past the record".into()))?;
+        let id = std::str::from_utf8(&bytes[at..end])
+            .map_err(|e| UnpackError(format!("the id is not UTF-8: {e}")))?;
+        if id.is_empty() {
+            return Err(UnpackError("an empty id".into()));
+        }
+        let (_, n) = varint(&bytes[end..]);
+        if end + n > bytes.len() {
+            return Err(UnpackError("the version runs past the record".into()));
+        }
+        Ok(PackedUser(Arc::from(bytes)))
+    }
+
+    /// The packed bytes (for a snapshot; [`PackedUser::from_bytes`] reads
+    /// them back).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Bytes of the packed form (without the `Arc`'s two counters).
     pub fn len(&self) -> usize {
         self.0.len()
@@ -278,6 +311,40 @@ impl PackedUser {
                 .transpose()?,
         })
     }
+}
+
+/// The packed bytes of a fixed record with every field set: a snapshot
+/// carries them, and one whose fingerprint differs from this build's was
+/// written with another layout and is not read (a full bootstrap instead).
+pub fn layout_fingerprint() -> Vec<u8> {
+    use time::macros::datetime;
+    let every_field = UserRecord {
+        id: "u-layout".into(),
+        version: 300,
+        updated_at: Some(datetime!(2026-11-01 12:00:00.123456789 +02:00)),
+        us_person_status: UsPersonStatus::ProtectedIndividual,
+        citizenships: vec![Citizenship {
+            country: "FR".into(),
+            acquired_on: Some("1990-01-02".into()),
+        }],
+        permanent_residencies: vec![PermanentResidency {
+            country: "US".into(),
+            status: ResidencyStatus::Revoked,
+            acquired_on: Some("2020-05-05".into()),
+        }],
+        organization_id: Some("o".into()),
+        relationship: Some(Relationship::Visitor),
+        verification: Some(Verification {
+            status: VerificationStatus::Expired,
+            verified_at: Some(datetime!(2026-01-01 00:00 UTC)),
+            expires_at: Some(datetime!(2027-01-01 00:00 -05:00)),
+        }),
+        revocation: Some(Revocation {
+            revoked_at: datetime!(2026-11-20 08:30 UTC),
+            reason: Some("r".into()),
+        }),
+    };
+    PackedUser::pack(&every_field).as_bytes().to_vec()
 }
 
 impl std::fmt::Debug for PackedUser {
@@ -418,6 +485,36 @@ mod tests {
         // not a contract; this guards against a regression to fixed-width
         // integers or `time`'s 9-field tuple, about twice as large).
         assert!(p.len() < 96, "{} bytes", p.len());
+    }
+
+    #[test]
+    fn snapshot_bytes_need_a_readable_id_and_version() {
+        let good = PackedUser::pack(&crate::loadgen::subject("", 3).record.unwrap());
+        let back = PackedUser::from_snapshot_bytes(good.as_bytes().to_vec()).unwrap();
+        assert_eq!(back.unpack().unwrap(), good.unpack().unwrap());
+        for (bytes, why) in [
+            (vec![], "the id runs past"),
+            (vec![5, b'a'], "the id runs past"),
+            (vec![2, b'a', b'b'], "the id runs past"),
+            (vec![2, 0xff, 0xfe, 1], "not UTF-8"),
+            (vec![0, 1], "an empty id"),
+            (vec![1, b'a', 253, 1], "the version runs past"),
+        ] {
+            let e = PackedUser::from_snapshot_bytes(bytes.clone()).unwrap_err();
+            assert!(e.to_string().contains(why), "{bytes:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_layout_fingerprint_unpacks_to_a_record_with_every_field() {
+        let p = PackedUser(Arc::from(layout_fingerprint()));
+        let u = p.unpack().unwrap();
+        assert!(u.updated_at.is_some() && u.organization_id.is_some() && u.relationship.is_some());
+        assert!(!u.citizenships.is_empty() && !u.permanent_residencies.is_empty());
+        let v = u.verification.unwrap();
+        assert!(v.verified_at.is_some() && v.expires_at.is_some());
+        assert!(u.revocation.unwrap().reason.is_some());
+        assert_eq!(layout_fingerprint(), layout_fingerprint(), "deterministic");
     }
 
     #[test]

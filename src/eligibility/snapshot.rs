@@ -1,28 +1,32 @@
 //! Snapshots of the eligibility store, for a warm restart.
 //!
-//! File layout (format 3):
+//! File layout (format 4):
 //!
 //! | bytes | what |
 //! |---|---|
-//! | 8 | magic `CLRSNAP3` |
+//! | 8 | magic `CLRSNAP4` |
 //! | 4 | CRC-32 (little-endian) of the body |
 //! | 8 | body length in bytes (little-endian) |
 //! | … | body |
 //!
 //! The body is a bincode stream: a `Header` (format, the change-feed
 //! positions the snapshot reflects, the record and marker counts), then
-//! every user record, then every organization record, each in a
-//! snapshot-only binary form (`SnapUser`, `SnapOrg`: the change-feed
-//! types skip absent optional fields, which a non-self-describing format
-//! cannot do), then every deletion marker, oldest first (`SnapMarker`:
-//! kind, id, the version a tombstone deleted).
+//! every user record in the store's own packed form
+//! ([`super::packed::PackedUser`]: a length, then its bytes, copied as they
+//! are), then every organization record in a snapshot-only binary form
+//! (`SnapOrg`: the change-feed types skip absent optional fields, which a
+//! non-self-describing format cannot do), then every deletion marker,
+//! oldest first (`SnapMarker`: kind, id, the version a tombstone deleted).
 //!
-//! Format 3 added the deletion markers. A format-2 (or older) snapshot is
-//! rejected as incompatible, so the first start after the upgrade does a
-//! full bootstrap: a format-2 snapshot knows nothing of the deletions before
-//! its positions, so loading it could let a late older record bring a
-//! deleted key back; the replay rebuilds the markers from the tombstones
-//! still in the change feed.
+//! Format 4 writes users packed: a warm start inserts them without
+//! decoding them (it checks each id and version; the header carries the
+//! packed form of a fixed record, and a snapshot packed in another layout
+//! is rejected), and the file is smaller. Format 3 (users in a
+//! bincode form of their own) and older snapshots are rejected as
+//! incompatible, so the first start after an upgrade does a full
+//! bootstrap, as it did from format 2 to 3 (format 2 knew nothing of the
+//! deletions before its positions; the replay rebuilds the markers from
+//! the tombstones still in the change feed).
 //!
 //! Writing streams the records through a buffered file writer: memory stays
 //! at one `Arc` per record (collected in [`View`]) whatever the size of the
@@ -46,17 +50,17 @@ use time::OffsetDateTime;
 use super::packed::PackedUser;
 use super::{DeletionMarker, Store};
 use crate::event::{
-    Authorization, Citizenship, CountryCode, EligibilityRecord, KeyKind, OrgRecord, Owner,
-    OwnerKind, PermanentResidency, Relationship, ResidencyStatus, Revocation, ScreeningHit,
-    ScreeningStatus, UsPersonStatus, UserRecord, Verification, VerificationStatus,
+    Authorization, CountryCode, EligibilityRecord, KeyKind, OrgRecord, Owner, OwnerKind,
+    Relationship, ScreeningHit, ScreeningStatus,
 };
 use crate::metrics as m;
 
-const MAGIC: &[u8; 8] = b"CLRSNAP3";
+const MAGIC: &[u8; 8] = b"CLRSNAP4";
 /// Earlier magics this engine recognises but does not read (format 2 has
-/// no deletion markers, nor owner kinds: a full bootstrap rebuilds them).
-const OLD_MAGICS: [&[u8; 8]; 2] = [b"CLRSNAP1", b"CLRSNAP2"];
-const FORMAT: u32 = 3;
+/// no deletion markers, nor owner kinds; format 3 has users in another
+/// form: a full bootstrap rebuilds them).
+const OLD_MAGICS: [&[u8; 8]; 3] = [b"CLRSNAP1", b"CLRSNAP2", b"CLRSNAP3"];
+const FORMAT: u32 = 4;
 const PREAMBLE: usize = 8 + 4 + 8;
 /// Upper bound for one decoded record: a corrupted length never makes the
 /// decoder allocate more than this.
@@ -89,6 +93,8 @@ pub enum SnapshotError {
 #[derive(Serialize, Deserialize)]
 struct Header {
     format: u32,
+    /// [`super::packed::layout_fingerprint`] of the build that wrote it.
+    layout: Vec<u8>,
     positions: BTreeMap<i32, i64>,
     users: u64,
     orgs: u64,
@@ -211,6 +217,7 @@ impl View {
         };
         let header = Header {
             format: FORMAT,
+            layout: super::packed::layout_fingerprint(),
             positions: self.positions.clone(),
             users: self.users.len() as u64,
             orgs: self.orgs.len() as u64,
@@ -218,13 +225,11 @@ impl View {
         };
         codec().serialize_into(&mut body, &header).map_err(enc)?;
         for u in &self.users {
-            let u = u.unpack().map_err(|e| SnapshotError::Io {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            codec()
-                .serialize_into(&mut body, &SnapUser::from(&u))
-                .map_err(enc)?;
+            // A length (fixed 8 bytes, as bincode writes one), then the
+            // packed bytes as they are.
+            body.write_all(&(u.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            body.write_all(u.as_bytes()).map_err(io)?;
         }
         for o in &self.orgs {
             codec()
@@ -479,6 +484,11 @@ pub fn load(path: &Path, markers_max: usize) -> Result<(Store, SnapshotInfo), Sn
             header.format
         )));
     }
+    if header.layout != super::packed::layout_fingerprint() {
+        return Err(invalid(
+            "users packed in another layout than this build's (incompatible format)".into(),
+        ));
+    }
     // Counts come from a checksummed header, but bound the pre-allocation
     // by what the file can hold anyway.
     let cap = |n: u64| usize::try_from(n).unwrap_or(0).min(size as usize / 16);
@@ -492,6 +502,9 @@ pub fn load(path: &Path, markers_max: usize) -> Result<(Store, SnapshotInfo), Sn
             for batch in rx {
                 for item in batch {
                     match item {
+                        Item::User(user) => {
+                            store.apply_packed(user);
+                        }
                         Item::Record(rec) => {
                             store.apply(rec);
                         }
@@ -517,10 +530,19 @@ pub fn load(path: &Path, markers_max: usize) -> Result<(Store, SnapshotInfo), Sn
                 }
             };
             for i in 0..header.users {
-                let u: SnapUser = codec()
-                    .deserialize_from(&mut r)
-                    .map_err(|e| invalid(format!("user record {i}: {e}")))?;
-                push(Item::Record(EligibilityRecord::User(u.into())));
+                let user = |e: &dyn std::fmt::Display| invalid(format!("user record {i}: {e}"));
+                let mut len = [0u8; 8];
+                r.read_exact(&mut len).map_err(|e| user(&e))?;
+                let len = u64::from_le_bytes(len);
+                if len > MAX_RECORD_BYTES {
+                    return Err(user(&format!("length {len} beyond the bound")));
+                }
+                let mut bytes = vec![0u8; len as usize];
+                r.read_exact(&mut bytes).map_err(|e| user(&e))?;
+                // Checked here, on the reading thread: a record whose
+                // id or version does not read rejects the snapshot.
+                let packed = PackedUser::from_snapshot_bytes(bytes).map_err(|e| user(&e))?;
+                push(Item::User(packed));
             }
             for i in 0..header.orgs {
                 let o: SnapOrg = codec()
@@ -577,6 +599,7 @@ pub fn load(path: &Path, markers_max: usize) -> Result<(Store, SnapshotInfo), Sn
 
 /// What the loading thread hands to the applying one.
 enum Item {
+    User(PackedUser),
     Record(EligibilityRecord),
     Marker(KeyKind, String, u64),
 }
@@ -612,24 +635,6 @@ impl<'a> From<&'a DeletionMarker> for SnapMarkerRef<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapUser {
-    id: String,
-    version: u64,
-    updated_at: Option<OffsetDateTime>,
-    us_person_status: UsPersonStatus,
-    citizenships: Vec<(CountryCode, Option<String>)>,
-    permanent_residencies: Vec<(CountryCode, ResidencyStatus, Option<String>)>,
-    organization_id: Option<String>,
-    relationship: Option<Relationship>,
-    verification: Option<(
-        VerificationStatus,
-        Option<OffsetDateTime>,
-        Option<OffsetDateTime>,
-    )>,
-    revocation: Option<(OffsetDateTime, Option<String>)>,
-}
-
-#[derive(Serialize, Deserialize)]
 struct SnapAuthorization {
     id: String,
     legal_basis: Option<String>,
@@ -651,100 +656,6 @@ struct SnapOrg {
     owners: Vec<(String, Option<OwnerKind>, Option<CountryCode>, f64)>,
     screening_hits: Vec<(String, ScreeningStatus, Option<String>)>,
     authorizations: Vec<SnapAuthorization>,
-}
-
-impl From<&UserRecord> for SnapUser {
-    fn from(u: &UserRecord) -> Self {
-        let UserRecord {
-            id,
-            version,
-            updated_at,
-            us_person_status,
-            citizenships,
-            permanent_residencies,
-            organization_id,
-            relationship,
-            verification,
-            revocation,
-        } = u;
-        SnapUser {
-            id: id.clone(),
-            version: *version,
-            updated_at: *updated_at,
-            us_person_status: *us_person_status,
-            citizenships: citizenships
-                .iter()
-                .map(
-                    |Citizenship {
-                         country,
-                         acquired_on,
-                     }| (country.clone(), acquired_on.clone()),
-                )
-                .collect(),
-            permanent_residencies: permanent_residencies
-                .iter()
-                .map(
-                    |PermanentResidency {
-                         country,
-                         status,
-                         acquired_on,
-                     }| (country.clone(), *status, acquired_on.clone()),
-                )
-                .collect(),
-            organization_id: organization_id.clone(),
-            relationship: *relationship,
-            verification: verification.as_ref().map(
-                |Verification {
-                     status,
-                     verified_at,
-                     expires_at,
-                 }| (*status, *verified_at, *expires_at),
-            ),
-            revocation: revocation
-                .as_ref()
-                .map(|Revocation { revoked_at, reason }| (*revoked_at, reason.clone())),
-        }
-    }
-}
-
-impl From<SnapUser> for UserRecord {
-    fn from(u: SnapUser) -> Self {
-        UserRecord {
-            id: u.id,
-            version: u.version,
-            updated_at: u.updated_at,
-            us_person_status: u.us_person_status,
-            citizenships: u
-                .citizenships
-                .into_iter()
-                .map(|(country, acquired_on)| Citizenship {
-                    country,
-                    acquired_on,
-                })
-                .collect(),
-            permanent_residencies: u
-                .permanent_residencies
-                .into_iter()
-                .map(|(country, status, acquired_on)| PermanentResidency {
-                    country,
-                    status,
-                    acquired_on,
-                })
-                .collect(),
-            organization_id: u.organization_id,
-            relationship: u.relationship,
-            verification: u
-                .verification
-                .map(|(status, verified_at, expires_at)| Verification {
-                    status,
-                    verified_at,
-                    expires_at,
-                }),
-            revocation: u
-                .revocation
-                .map(|(revoked_at, reason)| Revocation { revoked_at, reason }),
-        }
-    }
 }
 
 impl From<&OrgRecord> for SnapOrg {
@@ -863,6 +774,10 @@ impl From<SnapOrg> for OrgRecord {
 mod tests {
     use super::*;
     use crate::eligibility::Applied;
+    use crate::event::{
+        Citizenship, PermanentResidency, ResidencyStatus, Revocation, UsPersonStatus, UserRecord,
+        Verification, VerificationStatus,
+    };
     use time::macros::datetime;
 
     /// A user with every optional field set, and one with none.
@@ -1065,8 +980,9 @@ mod tests {
         std::fs::write(&path, &longer).unwrap();
         assert!(rejected(&path).contains("does not match"));
 
-        for magic in [b"CLRSNAP1", b"CLRSNAP2"] {
-            // Format 2 has no deletion markers: rejected, full bootstrap.
+        for magic in [b"CLRSNAP1", b"CLRSNAP2", b"CLRSNAP3"] {
+            // Format 2 has no deletion markers, format 3 users in another
+            // form: rejected, full bootstrap.
             let mut old = good.clone();
             old[..8].copy_from_slice(magic);
             std::fs::write(&path, &old).unwrap();
@@ -1087,14 +1003,58 @@ mod tests {
         let path = temp("snap-count");
         write(&path, &store(), &BTreeMap::new()).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
-        // The header starts the body: format (4), positions length (8, no
-        // entries), then the user count.
-        let users_at = PREAMBLE + 4 + 8;
+        // The header starts the body: format (4), the layout fingerprint
+        // (length, 8, then its bytes), positions length (8, no entries),
+        // then the user count.
+        let users_at = PREAMBLE + 4 + 8 + super::super::packed::layout_fingerprint().len() + 8;
         bytes[users_at..users_at + 8].copy_from_slice(&1_000u64.to_le_bytes());
         let crc = crc32fast::hash(&bytes[PREAMBLE..]);
         bytes[8..12].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &bytes).unwrap();
         assert!(rejected(&path).contains("record"));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// Rewrite byte `at` of a snapshot (and its checksum, so that only the
+    /// decoding can object); returns what loading it says.
+    fn rejected_with_byte(path: &Path, at: usize, byte: u8) -> String {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] = byte;
+        let crc = crc32fast::hash(&bytes[PREAMBLE..]);
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(path, &bytes).unwrap();
+        rejected(path)
+    }
+
+    #[test]
+    fn a_packed_user_whose_id_does_not_read_is_rejected_even_with_a_good_checksum() {
+        let path = temp("snap-packed");
+        let one = Store::new();
+        one.apply(EligibilityRecord::User(bare_user(0)));
+        write(&path, &one, &BTreeMap::new()).unwrap();
+        // Header: format, fingerprint, positions, three counts; then the
+        // user's length (8), its id's length (1) and the id, "b0".
+        let fp = super::super::packed::layout_fingerprint().len();
+        let id_at = PREAMBLE + 4 + (8 + fp) + 8 + 24 + 8 + 1;
+        assert_eq!(&std::fs::read(&path).unwrap()[id_at..id_at + 2], b"b0");
+        let why = rejected_with_byte(&path, id_at, 0xff);
+        assert!(
+            why.contains("user record 0") && why.contains("UTF-8"),
+            "{why}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_packed_in_another_layout_is_rejected() {
+        let path = temp("snap-layout");
+        write(&path, &store(), &BTreeMap::new()).unwrap();
+        // The fingerprint's last byte: the revocation reason's "r".
+        let fp = super::super::packed::layout_fingerprint().len();
+        let last = PREAMBLE + 4 + 8 + fp - 1;
+        assert_eq!(std::fs::read(&path).unwrap()[last], b'r');
+        let why = rejected_with_byte(&path, last, b's');
+        assert!(why.contains("another layout"), "{why}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
