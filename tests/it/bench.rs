@@ -168,3 +168,44 @@ async fn the_watcher_fails_when_the_contender_is_gone() {
         .expect_err("the contender is gone");
     assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
 }
+
+/// The no-work consumer of `scripts/measure-start` reads every record of
+/// every partition, empty ones included, and stops at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_work_reader_reads_every_record_once_and_stops() {
+    let cfg = test_config("bench-read");
+    let topic = cfg.topics.eligibility.clone();
+    bench::create_topic(&cfg.kafka, &topic, 4, &[])
+        .await
+        .expect("topic");
+    // One key: one partition gets every record, and the reader must not
+    // wait for the three empty ones.
+    let sent: Vec<(Vec<u8>, Vec<u8>)> = items()
+        .into_iter()
+        .take(500)
+        .map(|(_, v)| (b"user:one".to_vec(), v))
+        .collect();
+    let bytes: usize = sent.iter().map(|(k, v)| k.len() + v.len()).sum();
+    tokio::task::block_in_place(|| publish_raw(&producer(), &topic, &sent));
+    let report =
+        tokio::task::spawn_blocking(move || bench::read_all(&cfg, &topic, Duration::from_secs(60)))
+            .await
+            .expect("reader task")
+            .expect("read");
+    assert_eq!(report.records, 500, "{report:?}");
+    assert_eq!(report.bytes, bytes as u64, "{report:?}");
+    assert!(report.secs > 0.0 && report.secs < 60.0, "{report:?}");
+}
+
+/// `bench read` on a topic that does not exist says so instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_work_reader_fails_on_a_missing_topic() {
+    let cfg = test_config("bench-read-missing");
+    let err = tokio::task::spawn_blocking(move || {
+        bench::read_all(&cfg, "no-such-topic-here", Duration::from_secs(30))
+    })
+    .await
+    .expect("reader task")
+    .expect_err("a missing topic is an error");
+    assert!(err.to_string().contains("no-such-topic-here"), "{err}");
+}

@@ -81,3 +81,57 @@ fn policy_diff_output_ends_with_a_newline() {
         "one trailing newline: {changed:?}"
     );
 }
+
+/// `clearance bench cache` prints one JSON line with every measurement,
+/// and a bad policy path is a clear error, not a panic.
+#[test]
+fn bench_cache_reports_memory_lookups_and_the_probe() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .current_dir(root)
+        .args([
+            "bench",
+            "cache",
+            "--subjects",
+            "5000",
+            "--lookups",
+            "20000",
+            "--probe",
+        ])
+        .output()
+        .expect("run clearance bench cache");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(r["subjects"], 5000, "{r}");
+    assert_eq!(r["records"], 5000, "one record per subject: {r}");
+    for key in ["bytes_per_record", "batched_ns", "single_ns", "probe_ns"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {r}");
+    }
+    assert!(
+        r["probe_bytes"].as_u64().is_some_and(|b| b >= 8 << 20),
+        "{r}"
+    );
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_clearance"))
+        .current_dir(root)
+        .args([
+            "bench",
+            "cache",
+            "--subjects",
+            "10",
+            "--policy",
+            "no/such.toml",
+        ])
+        .output()
+        .expect("run clearance bench cache");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("no/such.toml") && !err.contains("panicked"),
+        "{err}"
+    );
+}
