@@ -21,9 +21,13 @@ use rdkafka::ClientContext;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::packed::PackedUser;
 use super::{Applied, Store};
 use crate::config::Config;
-use crate::event::{check_size, decode_eligibility, parse_eligibility_key, DecodeError};
+use crate::event::{
+    check_size, decode_eligibility, parse_eligibility_key, DecodeError, EligibilityRecord, KeyKind,
+    OrgRecord,
+};
 use crate::kafka::KafkaBoundaryError;
 use crate::metrics as m;
 use crate::pipeline::deadletter::{DeadLetterSink, Origin, Source};
@@ -341,34 +345,47 @@ pub fn run(
                 last_snapshot = std::time::Instant::now();
             }
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => update_counts(&store),
-            Some(Ok(msg)) => {
-                let (p, off) = (msg.partition(), msg.offset());
-                apply(
-                    &store,
-                    &deadletters,
-                    &topic,
-                    cfg.engine.max_input_bytes,
-                    &msg,
-                );
-                if let Some(ts) = msg.timestamp().to_millis() {
-                    state.last_record_ms.store(ts, Ordering::Relaxed);
+        // A batch: what is already fetched, after a first poll that may
+        // wait. It ends at an end of partition, which is handled after
+        // the batch is applied (never ready before its records are in).
+        let mut batch = Vec::new();
+        let mut eofs = Vec::new();
+        let mut wait = Duration::from_millis(100);
+        while batch.len() < BATCH_MAX {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Ok(msg)) => batch.push(msg),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    eofs.push(p);
+                    break;
                 }
-                state.advance(p, off + 1);
-                since_counts += 1;
-                if since_counts >= COUNTS_EVERY {
-                    since_counts = 0;
-                    update_counts(&store);
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "change feed: consumer error (librdkafka retries)");
+                    break;
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                update_counts(&store);
-                state.eof(p);
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "change feed: consumer error (librdkafka retries)");
-            }
+            wait = Duration::ZERO;
+        }
+        if batch.is_empty() && eofs.is_empty() {
+            update_counts(&store);
+            continue;
+        }
+        apply_batch(
+            &store,
+            &state,
+            &deadletters,
+            &topic,
+            cfg.engine.max_input_bytes,
+            &batch,
+        );
+        drop(batch);
+        since_counts += 1;
+        if since_counts >= COUNTS_EVERY_BATCHES || !eofs.is_empty() {
+            since_counts = 0;
+            update_counts(&store);
+        }
+        for p in eofs {
+            state.eof(p);
         }
     }
     if let Some(w) = snapshots.as_mut() {
@@ -382,10 +399,16 @@ pub fn run(
     Ok(())
 }
 
-/// The record-count gauges are set after this many records, at each end
+/// The record-count gauges are set after this many batches, at each end
 /// of a partition and whenever a poll finds nothing: during a bootstrap
 /// that is a few times a second, not three gauge lookups per record.
-const COUNTS_EVERY: u32 = 4096;
+const COUNTS_EVERY_BATCHES: u32 = 4;
+
+/// At most this many records are polled, then applied, at a time.
+const BATCH_MAX: usize = 4096;
+
+/// A batch at least this large is decoded on two threads.
+const PARALLEL_MIN: usize = 512;
 
 fn update_counts(store: &Store) {
     metrics::gauge!(m::ELIGIBILITY_RECORDS, "kind" => "user").set(store.user_count() as f64);
@@ -393,20 +416,89 @@ fn update_counts(store: &Store) {
     metrics::gauge!(m::DELETION_MARKERS).set(store.deletion_marker_count() as f64);
 }
 
-fn apply<M: Message>(
+/// A change-feed record decoded (and a user packed), ready to apply.
+enum Change {
+    User(PackedUser),
+    Organization(OrgRecord),
+    Delete(KeyKind, String),
+}
+
+/// Decode one record: pure, so a batch is decoded on two threads.
+fn prepare<M: Message>(msg: &M, max_bytes: usize) -> Result<Change, DecodeError> {
+    let key = msg.key().unwrap_or_default();
+    match msg.payload() {
+        None => parse_eligibility_key(key).map(|(kind, id)| Change::Delete(kind, id.to_string())),
+        Some(bytes) => check_size(bytes, max_bytes)
+            .and_then(|()| decode_eligibility(key, bytes))
+            .map(|rec| match rec {
+                EligibilityRecord::User(u) => Change::User(PackedUser::pack(&u)),
+                EligibilityRecord::Organization(o) => Change::Organization(o),
+            }),
+    }
+}
+
+/// Decode a batch, on a second thread for the second half when it is
+/// large (decoding is most of a record's cost; the order is kept).
+fn prepare_all<M: Message + Sync>(
+    batch: &[M],
+    max_bytes: usize,
+) -> Vec<Result<Change, DecodeError>> {
+    let one = |part: &[M]| -> Vec<_> { part.iter().map(|m| prepare(m, max_bytes)).collect() };
+    if batch.len() < PARALLEL_MIN {
+        return one(batch);
+    }
+    let (first, second) = batch.split_at(batch.len() / 2);
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new()
+            .name("clearance-feed-decode".into())
+            .spawn_scoped(s, || one(second));
+        let mut out = one(first);
+        match other {
+            Ok(h) => match h.join() {
+                Ok(rest) => out.extend(rest),
+                // A decoder does not panic (bad input is an error value);
+                // if it did, decode its half here rather than lose it.
+                Err(_) => out.extend(one(second)),
+            },
+            Err(_) => out.extend(one(second)),
+        }
+        out
+    })
+}
+
+/// Decode a batch, then apply it in order (per partition, offsets only
+/// move forward), advancing each record's partition.
+fn apply_batch<M: Message + Sync>(
     store: &Store,
+    state: &FeedState,
     deadletters: &DeadLetterSink,
     topic: &str,
     max_bytes: usize,
-    msg: &M,
+    batch: &[M],
 ) {
-    let key = msg.key().unwrap_or_default();
-    let result: Result<Applied, DecodeError> = match msg.payload() {
-        None => parse_eligibility_key(key).map(|(kind, id)| store.delete(kind, id)),
-        Some(bytes) => check_size(bytes, max_bytes)
-            .and_then(|()| decode_eligibility(key, bytes))
-            .map(|rec| store.apply(rec)),
-    };
+    let changes = prepare_all(batch, max_bytes);
+    for (msg, change) in batch.iter().zip(changes) {
+        commit(store, deadletters, topic, msg, change);
+        if let Some(ts) = msg.timestamp().to_millis() {
+            state.last_record_ms.store(ts, Ordering::Relaxed);
+        }
+        state.advance(msg.partition(), msg.offset() + 1);
+    }
+}
+
+/// Apply one decoded record, or dead-letter the one that did not decode.
+fn commit<M: Message>(
+    store: &Store,
+    deadletters: &DeadLetterSink,
+    topic: &str,
+    msg: &M,
+    change: Result<Change, DecodeError>,
+) {
+    let result = change.map(|c| match c {
+        Change::User(u) => store.apply_packed(u),
+        Change::Organization(o) => store.apply(EligibilityRecord::Organization(o)),
+        Change::Delete(kind, id) => store.delete(kind, &id),
+    });
     match result {
         Ok(applied) => {
             let label = match applied {
@@ -437,5 +529,137 @@ fn apply<M: Message>(
                 tracing::error!(error = %e, "change feed: dead letter not sent");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    fn msg(i: usize) -> OwnedMessage {
+        let id = format!("u{i}");
+        let (key, payload) = match i % 7 {
+            // A tombstone.
+            0 => (format!("user:{id}"), None),
+            // Not JSON: an error, in its place.
+            1 => (format!("user:{id}"), Some(b"{not json".to_vec())),
+            // A key that does not match the document.
+            2 => (
+                "user:someone-else".to_string(),
+                Some(
+                    serde_json::to_vec(&EligibilityRecord::User(crate::bench::cache::record(i)))
+                        .unwrap(),
+                ),
+            ),
+            _ => (
+                format!("user:{id}"),
+                Some(
+                    serde_json::to_vec(&EligibilityRecord::User(crate::bench::cache::record(i)))
+                        .unwrap(),
+                ),
+            ),
+        };
+        OwnedMessage::new(
+            payload,
+            Some(key.into_bytes()),
+            "eligibility.changes".into(),
+            Timestamp::NotAvailable,
+            (i % 3) as i32,
+            i as i64,
+            None,
+        )
+    }
+
+    fn describe(c: &Result<Change, DecodeError>) -> String {
+        match c {
+            Ok(Change::User(u)) => format!("user {} v{}", u.id(), u.version()),
+            Ok(Change::Organization(o)) => format!("org {}", o.id),
+            Ok(Change::Delete(k, id)) => format!("delete {k:?} {id}"),
+            Err(e) => format!("error {e}"),
+        }
+    }
+
+    #[test]
+    fn a_large_batch_decoded_on_two_threads_keeps_every_record_in_order() {
+        // The last record (1,543 % 7 = 3) is a user.
+        let batch: Vec<OwnedMessage> = (0..PARALLEL_MIN * 3 + 8).map(msg).collect();
+        let parallel = prepare_all(&batch, 1 << 20);
+        let one_by_one: Vec<_> = batch.iter().map(|m| prepare(m, 1 << 20)).collect();
+        assert_eq!(parallel.len(), batch.len());
+        let a: Vec<String> = parallel.iter().map(describe).collect();
+        let b: Vec<String> = one_by_one.iter().map(describe).collect();
+        assert_eq!(a, b);
+        // Each kind is there, in its place.
+        assert!(a[0].starts_with("delete User u0"), "{}", a[0]);
+        assert!(a[1].starts_with("error"), "{}", a[1]);
+        assert!(
+            a[2].starts_with("error") && a[2].contains("key"),
+            "{}",
+            a[2]
+        );
+        assert_eq!(a[3], "user u3 v1");
+        assert_eq!(a[batch.len() - 1], format!("user u{} v1", batch.len() - 1));
+    }
+
+    #[test]
+    fn a_record_over_the_size_bound_is_an_error_in_its_place() {
+        let batch: Vec<OwnedMessage> = (3..6).map(msg).collect();
+        let got: Vec<String> = prepare_all(&batch, 10).iter().map(describe).collect();
+        assert!(got.iter().all(|g| g.starts_with("error")), "{got:?}");
+    }
+
+    /// The general path alone: serde's internally tagged enum.
+    fn general(key: &str, text: &str) -> Result<EligibilityRecord, String> {
+        crate::event::decode_eligibility_general(key.as_bytes(), text.as_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    proptest::proptest! {
+        /// The feed's fast path (`kind` first, read in one pass) decodes
+        /// every user document to exactly what the general path gives.
+        #[test]
+        fn the_kind_first_path_agrees_with_the_general_one(u in crate::eligibility::packed::tests::user()) {
+            proptest::prop_assume!(!u.id.is_empty());
+            let text = serde_json::to_string(&EligibilityRecord::User(u.clone())).unwrap();
+            proptest::prop_assert!(text.starts_with(r#"{"kind":"user""#), "{}", text);
+            let key = format!("user:{}", u.id);
+            let fast = decode_eligibility(key.as_bytes(), text.as_bytes()).map_err(|e| e.to_string());
+            let reference = general(&key, &text);
+            proptest::prop_assert_eq!(&fast, &reference);
+            if let (Ok(a), Ok(b)) = (&fast, &reference) {
+                proptest::prop_assert_eq!(
+                    serde_json::to_string(a).unwrap(),
+                    serde_json::to_string(b).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn documents_the_fast_path_does_not_take_still_decode_or_fail_as_before() {
+        let u = crate::bench::cache::record(3);
+        let doc = serde_json::to_value(EligibilityRecord::User(u.clone())).unwrap();
+        let mut fields = doc.as_object().unwrap().clone();
+        fields.remove("kind");
+        // `kind` last: the general path.
+        let mut last = serde_json::to_string(&fields).unwrap();
+        last.insert_str(last.len() - 1, r#","kind":"user""#);
+        assert_eq!(
+            decode_eligibility(b"user:u3", last.as_bytes()).unwrap(),
+            EligibilityRecord::User(u.clone())
+        );
+        // `kind` twice: refused, as the general path refuses it.
+        let twice = last.replacen('{', r#"{"kind":"user","#, 1);
+        let e = decode_eligibility(b"user:u3", twice.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("kind"), "{e}");
+        assert_eq!(general("user:u3", &twice).unwrap_err(), e.to_string());
+        // An organization's kind under a user's key: the general path's
+        // error (the key does not match).
+        let org = r#"{"kind":"organization","id":"u3","version":1}"#;
+        assert!(decode_eligibility(b"user:u3", org.as_bytes()).is_err());
+        // Trailing bytes after the document: refused.
+        let text = serde_json::to_string(&doc).unwrap() + " x";
+        assert!(decode_eligibility(b"user:u3", text.as_bytes()).is_err());
     }
 }

@@ -380,7 +380,7 @@ impl Borrow<str> for PackedUser {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::hash_map::DefaultHasher;
@@ -407,7 +407,8 @@ mod tests {
     }
 
     prop_compose! {
-        fn user()(
+        /// Any user record the change feed can carry.
+        pub(crate) fn user()(
             id in "\\PC{0,300}",
             version in any::<u64>(),
             updated_at in proptest::option::of(time_strategy()),

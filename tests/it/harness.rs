@@ -240,6 +240,21 @@ pub fn read_until(
     out
 }
 
+/// Read until `n` distinct keys are seen (or `timeout`): where a
+/// rebalance may decide a request twice (at-least-once), a count of
+/// records reaches `n` before every key is there.
+pub fn read_until_keys(c: &BaseConsumer, timeout: Duration, n: usize) -> Vec<Read> {
+    let mut keys: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let mut counted = 0;
+    read_until(c, timeout, |r| {
+        for read in &r[counted..] {
+            keys.insert(read.key.clone().unwrap_or_default());
+        }
+        counted = r.len();
+        keys.len() >= n
+    })
+}
+
 /// Decode decisions; panics on a record that is not a decision.
 pub fn decisions(reads: &[Read]) -> Vec<Decision> {
     reads
