@@ -887,8 +887,8 @@ pub fn decode_eligibility(key: &[u8], bytes: &[u8]) -> Result<EligibilityRecord,
 }
 
 /// [`decode_eligibility`] without its fast path (the tests compare them).
-#[doc(hidden)]
-pub fn decode_eligibility_general(
+#[cfg(test)]
+pub(crate) fn decode_eligibility_general(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<EligibilityRecord, DecodeError> {

@@ -349,14 +349,14 @@ pub fn run(
         // wait. It ends at an end of partition, which is handled after
         // the batch is applied (never ready before its records are in).
         let mut batch = Vec::new();
-        let mut eofs = Vec::new();
+        let mut eof = None;
         let mut wait = Duration::from_millis(100);
         while batch.len() < BATCH_MAX {
             match consumer.poll(wait) {
                 None => break,
                 Some(Ok(msg)) => batch.push(msg),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    eofs.push(p);
+                    eof = Some(p);
                     break;
                 }
                 Some(Err(e)) => {
@@ -366,7 +366,7 @@ pub fn run(
             }
             wait = Duration::ZERO;
         }
-        if batch.is_empty() && eofs.is_empty() {
+        if batch.is_empty() && eof.is_none() {
             update_counts(&store);
             continue;
         }
@@ -380,11 +380,11 @@ pub fn run(
         );
         drop(batch);
         since_counts += 1;
-        if since_counts >= COUNTS_EVERY_BATCHES || !eofs.is_empty() {
+        if since_counts >= COUNTS_EVERY_BATCHES || eof.is_some() {
             since_counts = 0;
             update_counts(&store);
         }
-        for p in eofs {
+        if let Some(p) = eof {
             state.eof(p);
         }
     }

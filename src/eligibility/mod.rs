@@ -409,11 +409,6 @@ impl Store {
         }
     }
 
-    /// The packed record of a user.
-    pub fn packed_user(&self, id: &str) -> Option<PackedUser> {
-        self.users.get(id).map(|r| r.key().clone())
-    }
-
     /// The current record of an organization.
     pub fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
         self.orgs.get(id).map(|r| Arc::clone(r.value()))
