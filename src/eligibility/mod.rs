@@ -394,15 +394,19 @@ impl Store {
     }
 
     /// The current record of a user, unpacked. A record that does not
-    /// unpack (a bug: the store packed it) is logged, counted and reported
-    /// absent, so the request is decided as for an unknown subject
-    /// (fail-closed for controlled models).
+    /// unpack (a bug: the store packed it) is counted, logged the first
+    /// time in the process, and reported absent, so the request is decided
+    /// as for an unknown subject (fail-closed for controlled models).
     pub fn user(&self, id: &str) -> Option<Arc<UserRecord>> {
         let unpacked = self.users.get(id)?.key().unpack();
         match unpacked {
             Ok(u) => Some(Arc::new(u)),
             Err(e) => {
-                tracing::error!(error = %e, "a user record of the cache is unreadable; deciding as unknown");
+                static LOGGED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "a user record of the cache is unreadable; deciding as unknown (further ones are only counted, clearance_eligibility_unreadable_total)");
+                }
                 metrics::counter!(m::CACHE_UNREADABLE_TOTAL).increment(1);
                 None
             }
@@ -495,6 +499,21 @@ pub(crate) mod tests {
             UsPersonStatus::ForeignPerson
         );
         assert_eq!(s.user_count(), 1);
+    }
+
+    #[test]
+    fn a_record_that_does_not_unpack_is_looked_up_as_absent() {
+        // Id "x", version 5, then a byte that is no `Option` tag: what a
+        // packing bug would leave. Fail-closed: no record, never a panic.
+        let broken = PackedUser::from_snapshot_bytes(vec![1, b'x', 5, 99]).unwrap();
+        let s = Store::new();
+        assert_eq!(s.apply_packed(broken), Applied::Inserted);
+        assert_eq!(s.user_count(), 1);
+        assert!(s.user("x").is_none());
+        assert!(
+            s.user("x").is_none(),
+            "and again (logged once, counted each time)"
+        );
     }
 
     #[test]

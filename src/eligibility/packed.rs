@@ -14,8 +14,8 @@
 //! field for field, offsets included (tested over arbitrary records). The
 //! conversions destructure the record whole, so a field added to
 //! [`UserRecord`] does not compile until it is added here too. The bytes
-//! leave the process only in snapshots, whose format number changes with
-//! this layout.
+//! leave the process only in snapshots, whose header carries this build's
+//! [`layout_fingerprint`]: a snapshot packed otherwise is not read.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
