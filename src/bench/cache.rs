@@ -116,15 +116,9 @@ pub fn fill(subjects: usize) -> Store {
 }
 
 /// Look the request's subject (and organization) up, then decide: the
-/// pipeline's lookups (`pipeline::decide_request`) without its record.
+/// pipeline's lookups ([`Store::records_for`]) without its record.
 pub fn lookup_and_decide(policy: &CompiledPolicy, store: &Store, req: &AccessRequest) -> bool {
-    let subject = store.user(&req.subject_id);
-    let org_id = req.organization_id.as_deref().or_else(|| {
-        subject
-            .as_deref()
-            .and_then(|s| s.organization_id.as_deref())
-    });
-    let organization = org_id.and_then(|id| store.organization(id));
+    let (subject, organization) = store.records_for(req);
     let elig = Eligibility {
         subject: subject.as_deref(),
         organization: organization.as_deref(),

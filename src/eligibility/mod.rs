@@ -413,6 +413,21 @@ impl Store {
         }
     }
 
+    /// The records a request is decided from: its subject's, and the
+    /// organization's it names, or else its subject's organization.
+    pub fn records_for(
+        &self,
+        req: &crate::event::AccessRequest,
+    ) -> (Option<Arc<UserRecord>>, Option<Arc<OrgRecord>>) {
+        let subject = self.user(&req.subject_id);
+        let org_id = req
+            .organization_id
+            .as_deref()
+            .or(subject.as_ref().and_then(|s| s.organization_id.as_deref()));
+        let org = org_id.and_then(|id| self.organization(id));
+        (subject, org)
+    }
+
     /// The current record of an organization.
     pub fn organization(&self, id: &str) -> Option<Arc<OrgRecord>> {
         self.orgs.get(id).map(|r| Arc::clone(r.value()))

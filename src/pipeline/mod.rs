@@ -531,12 +531,7 @@ fn decide_request_as(
     source: SourceCoordinates,
 ) -> Decision {
     let policy = policy.current();
-    let subject = store.user(&req.subject_id);
-    let org_id = req
-        .organization_id
-        .as_deref()
-        .or(subject.as_ref().and_then(|s| s.organization_id.as_deref()));
-    let org = org_id.and_then(|id| store.organization(id));
+    let (subject, org) = store.records_for(&req);
     let elig = Eligibility {
         subject: subject.as_deref(),
         organization: org.as_deref(),
