@@ -146,17 +146,23 @@ impl FeedState {
         }
     }
 
-    fn advance(&self, partition: i32, next: i64) {
+    /// A batch was applied: `applied` records, after which each partition
+    /// of `nexts` is at its offset. One lock per batch, not per record.
+    fn advance(&self, applied: u64, nexts: &BTreeMap<i32, i64>) {
         let mut g = self.lock();
-        g.applied += 1;
-        g.positions.insert(partition, next);
-        let target = g.startup_high_watermarks.get(&partition).copied();
-        if !self.is_ready() && target.is_some_and(|t| next >= t) {
-            g.caught_up.insert(partition, true);
-            if g.caught_up.values().all(|c| *c) {
-                drop(g);
-                self.mark_ready();
+        g.applied += applied;
+        let mut reached = false;
+        for (&partition, &next) in nexts {
+            g.positions.insert(partition, next);
+            let target = g.startup_high_watermarks.get(&partition).copied();
+            if !self.is_ready() && target.is_some_and(|t| next >= t) {
+                g.caught_up.insert(partition, true);
+                reached = true;
             }
+        }
+        if reached && g.caught_up.values().all(|c| *c) {
+            drop(g);
+            self.mark_ready();
         }
     }
 
@@ -407,7 +413,7 @@ const COUNTS_EVERY_BATCHES: u32 = 4;
 /// At most this many records are polled, then applied, at a time.
 const BATCH_MAX: usize = 4096;
 
-/// A batch at least this large is decoded on two threads.
+/// A batch at least this large is decoded and applied on two threads.
 const PARALLEL_MIN: usize = 512;
 
 fn update_counts(store: &Store) {
@@ -423,7 +429,7 @@ enum Change {
     Delete(KeyKind, String),
 }
 
-/// Decode one record: pure, so a batch is decoded on two threads.
+/// Decode one record: pure (a batch is decoded on two threads).
 fn prepare<M: Message>(msg: &M, max_bytes: usize) -> Result<Change, DecodeError> {
     let key = msg.key().unwrap_or_default();
     match msg.payload() {
@@ -437,37 +443,31 @@ fn prepare<M: Message>(msg: &M, max_bytes: usize) -> Result<Change, DecodeError>
     }
 }
 
-/// Decode a batch, on a second thread for the second half when it is
-/// large (decoding is most of a record's cost; the order is kept).
-fn prepare_all<M: Message + Sync>(
-    batch: &[M],
-    max_bytes: usize,
-) -> Vec<Result<Change, DecodeError>> {
-    let one = |part: &[M]| -> Vec<_> { part.iter().map(|m| prepare(m, max_bytes)).collect() };
-    if batch.len() < PARALLEL_MIN {
-        return one(batch);
+/// The lane (0 or 1) of a record: a hash of its key (FNV-1a, then
+/// MurmurHash3's finalizer to mix every byte into the low bit), so that
+/// every record of one key is in the same lane.
+fn lane(key: Option<&[u8]>) -> u8 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.unwrap_or_default() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    let (first, second) = batch.split_at(batch.len() / 2);
-    std::thread::scope(|s| {
-        let other = std::thread::Builder::new()
-            .name("clearance-feed-decode".into())
-            .spawn_scoped(s, || one(second));
-        let mut out = one(first);
-        match other {
-            Ok(h) => match h.join() {
-                Ok(rest) => out.extend(rest),
-                // A decoder does not panic (bad input is an error value);
-                // if it did, decode its half here rather than lose it.
-                Err(_) => out.extend(one(second)),
-            },
-            Err(_) => out.extend(one(second)),
-        }
-        out
-    })
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h & 1) as u8
 }
 
-/// Decode a batch, then apply it in order (per partition, offsets only
-/// move forward), advancing each record's partition.
+/// Decode and apply a batch, then advance each partition to the end of the
+/// batch (and the readiness with it).
+///
+/// A large batch is split into two lanes by key ([`lane`]), each decoded
+/// and applied in the batch's order on a thread of its own: the records of
+/// one key (a tombstone and the record after it) are applied in their
+/// order, and records of different keys do not depend on each other (the
+/// store is concurrent; a deletion marker is read and written under its
+/// key's map entry). The positions move only once both lanes are done, so
+/// a snapshot (captured between batches) never has a position ahead of the
+/// records applied.
 fn apply_batch<M: Message + Sync>(
     store: &Store,
     state: &FeedState,
@@ -476,14 +476,48 @@ fn apply_batch<M: Message + Sync>(
     max_bytes: usize,
     batch: &[M],
 ) {
-    let changes = prepare_all(batch, max_bytes);
-    for (msg, change) in batch.iter().zip(changes) {
-        commit(store, deadletters, topic, msg, change);
-        if let Some(ts) = msg.timestamp().to_millis() {
-            state.last_record_ms.store(ts, Ordering::Relaxed);
-        }
-        state.advance(msg.partition(), msg.offset() + 1);
+    let apply = |msg: &M| commit(store, deadletters, topic, msg, prepare(msg, max_bytes));
+    if batch.len() < PARALLEL_MIN {
+        batch.iter().for_each(apply);
+    } else {
+        let lanes: Vec<u8> = batch.iter().map(|m| lane(m.key())).collect();
+        let run = |which: u8| {
+            for (m, _) in batch.iter().zip(&lanes).filter(|(_, l)| **l == which) {
+                apply(m);
+            }
+        };
+        std::thread::scope(|s| {
+            let other = std::thread::Builder::new()
+                .name("clearance-feed-apply".into())
+                .spawn_scoped(s, || run(1));
+            run(0);
+            match other {
+                // A panic is a bug (bad input is an error value,
+                // dead-lettered): the feed fails as it would on one thread.
+                Ok(h) => {
+                    if let Err(panic) = h.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+                // No second thread: its lane is applied here, after the
+                // first (records of different keys do not depend on each
+                // other).
+                Err(e) => {
+                    tracing::warn!(error = %e, "change feed: no second apply thread");
+                    run(1);
+                }
+            }
+        });
     }
+    let mut nexts = BTreeMap::new();
+    for m in batch {
+        let next = nexts.entry(m.partition()).or_insert(0);
+        *next = (*next).max(m.offset() + 1);
+    }
+    if let Some(ts) = batch.iter().rev().find_map(|m| m.timestamp().to_millis()) {
+        state.last_record_ms.store(ts, Ordering::Relaxed);
+    }
+    state.advance(batch.len() as u64, &nexts);
 }
 
 /// Apply one decoded record, or dead-letter the one that did not decode.
@@ -537,76 +571,163 @@ mod tests {
     use super::*;
     use rdkafka::message::{OwnedMessage, Timestamp};
 
-    fn msg(i: usize) -> OwnedMessage {
-        let id = format!("u{i}");
-        let (key, payload) = match i % 7 {
-            // A tombstone.
-            0 => (format!("user:{id}"), None),
-            // Not JSON: an error, in its place.
-            1 => (format!("user:{id}"), Some(b"{not json".to_vec())),
-            // A key that does not match the document.
-            2 => (
-                "user:someone-else".to_string(),
-                Some(
-                    serde_json::to_vec(&EligibilityRecord::User(crate::bench::cache::record(i)))
-                        .unwrap(),
-                ),
-            ),
-            _ => (
-                format!("user:{id}"),
-                Some(
-                    serde_json::to_vec(&EligibilityRecord::User(crate::bench::cache::record(i)))
-                        .unwrap(),
-                ),
-            ),
+    /// A record of one of `keys` users: each key's versions rise through
+    /// the batch, with tombstones and undecodable documents among them.
+    fn keyed(i: usize, keys: usize) -> OwnedMessage {
+        let k = i % keys;
+        let version = (i / keys + 1) as u64;
+        let key = format!("user:u{k}");
+        let payload = match (i / keys) % 5 {
+            // A tombstone, then (next round) a newer record: applied out
+            // of order, the newer record would be deleted.
+            2 => None,
+            4 if k.is_multiple_of(3) => Some(b"{not json".to_vec()),
+            _ => {
+                let mut u = crate::bench::cache::record(k);
+                u.id = format!("u{k}");
+                u.version = version;
+                Some(serde_json::to_vec(&EligibilityRecord::User(u)).unwrap())
+            }
         };
         OwnedMessage::new(
             payload,
             Some(key.into_bytes()),
             "eligibility.changes".into(),
-            Timestamp::NotAvailable,
-            (i % 3) as i32,
-            i as i64,
+            Timestamp::CreateTime(1_000 + i as i64),
+            (k % 3) as i32,
+            (i / 3) as i64,
             None,
         )
     }
 
-    fn describe(c: &Result<Change, DecodeError>) -> String {
-        match c {
-            Ok(Change::User(u)) => format!("user {} v{}", u.id(), u.version()),
-            Ok(Change::Organization(o)) => format!("org {}", o.id),
-            Ok(Change::Delete(k, id)) => format!("delete {k:?} {id}"),
-            Err(e) => format!("error {e}"),
-        }
+    fn sink() -> DeadLetterSink {
+        // No broker: dead letters stay queued, which is all this needs.
+        let producer = crate::pipeline::producer::create(
+            ClientConfig::new()
+                .set("bootstrap.servers", "127.0.0.1:9")
+                .set("linger.ms", "60000")
+                .clone(),
+            "test",
+        )
+        .unwrap();
+        DeadLetterSink::new(producer, "dl".into(), 1024, CancellationToken::new())
+    }
+
+    /// What a store holds of `keys` users: each one's version, or its
+    /// deletion marker.
+    fn contents(store: &Store, keys: usize) -> Vec<String> {
+        (0..keys)
+            .map(|k| {
+                let id = format!("u{k}");
+                match store.user(&id) {
+                    Some(u) => format!("{id} v{}", u.version),
+                    None => format!(
+                        "{id} deleted at {:?}",
+                        store.deletion_marker(KeyKind::User, &id)
+                    ),
+                }
+            })
+            .collect()
     }
 
     #[test]
-    fn a_large_batch_decoded_on_two_threads_keeps_every_record_in_order() {
-        // The last record (1,543 % 7 = 3) is a user.
-        let batch: Vec<OwnedMessage> = (0..PARALLEL_MIN * 3 + 8).map(msg).collect();
-        let parallel = prepare_all(&batch, 1 << 20);
-        let one_by_one: Vec<_> = batch.iter().map(|m| prepare(m, 1 << 20)).collect();
-        assert_eq!(parallel.len(), batch.len());
-        let a: Vec<String> = parallel.iter().map(describe).collect();
-        let b: Vec<String> = one_by_one.iter().map(describe).collect();
-        assert_eq!(a, b);
-        // Each kind is there, in its place.
-        assert!(a[0].starts_with("delete User u0"), "{}", a[0]);
-        assert!(a[1].starts_with("error"), "{}", a[1]);
+    fn a_batch_applied_on_two_lanes_leaves_what_one_by_one_leaves() {
+        let keys = 97;
+        // 22 rounds, then a 23rd (tombstones) for the first 40 keys.
+        let batch: Vec<OwnedMessage> = (0..keys * 22 + 40).map(|i| keyed(i, keys)).collect();
+        assert!(batch.len() >= PARALLEL_MIN);
+        // Both lanes have work.
+        let ones = batch.iter().filter(|m| lane(m.key()) == 1).count();
         assert!(
-            a[2].starts_with("error") && a[2].contains("key"),
-            "{}",
-            a[2]
+            ones > batch.len() / 4 && ones < batch.len() * 3 / 4,
+            "{ones}"
         );
-        assert_eq!(a[3], "user u3 v1");
-        assert_eq!(a[batch.len() - 1], format!("user u{} v1", batch.len() - 1));
+        let dl = sink();
+        let lanes = Store::new();
+        let state = FeedState::default();
+        state.start((0..3).map(|p| (p, 1_000_000)).collect(), &BTreeMap::new());
+        apply_batch(&lanes, &state, &dl, "eligibility.changes", 1 << 20, &batch);
+        let one_by_one = Store::new();
+        for m in &batch {
+            commit(
+                &one_by_one,
+                &dl,
+                "eligibility.changes",
+                m,
+                prepare(m, 1 << 20),
+            );
+        }
+        let got = contents(&lanes, keys);
+        assert_eq!(got, contents(&one_by_one, keys));
+        // Some keys end deleted, the others with a record.
+        assert!(got.iter().any(|g| g.contains("deleted at Some")), "{got:?}");
+        assert!(got.iter().any(|g| g.contains(" v")), "{got:?}");
+        assert_eq!(lanes.user_count(), one_by_one.user_count());
+        assert_eq!(
+            lanes.deletion_marker_count(),
+            one_by_one.deletion_marker_count()
+        );
+        // Each partition is at the end of the batch, once, after both lanes.
+        let pos = state.positions();
+        assert_eq!(pos.applied, batch.len() as u64);
+        for p in 0..3 {
+            let last = batch
+                .iter()
+                .filter(|m| m.partition() == p)
+                .map(|m| m.offset())
+                .max();
+            assert_eq!(
+                pos.positions.get(&p).copied(),
+                last.map(|o| o + 1),
+                "partition {p}"
+            );
+        }
+        assert_eq!(state.last_record_ms(), 1_000 + batch.len() as i64 - 1);
+        assert!(!state.is_ready(), "the high watermarks are far ahead");
     }
 
     #[test]
-    fn a_record_over_the_size_bound_is_an_error_in_its_place() {
-        let batch: Vec<OwnedMessage> = (3..6).map(msg).collect();
-        let got: Vec<String> = prepare_all(&batch, 10).iter().map(describe).collect();
-        assert!(got.iter().all(|g| g.starts_with("error")), "{got:?}");
+    fn a_batch_that_reaches_every_high_watermark_makes_the_feed_ready() {
+        let batch: Vec<OwnedMessage> = (0..PARALLEL_MIN + 5).map(|i| keyed(i, 10)).collect();
+        let highs: BTreeMap<i32, i64> = (0..3)
+            .map(|p| {
+                let last = batch
+                    .iter()
+                    .filter(|m| m.partition() == p)
+                    .map(|m| m.offset())
+                    .max();
+                (p, last.unwrap() + 1)
+            })
+            .collect();
+        let state = FeedState::default();
+        state.start(highs, &BTreeMap::new());
+        assert!(!state.is_ready());
+        let store = Store::new();
+        apply_batch(
+            &store,
+            &state,
+            &sink(),
+            "t",
+            1 << 20,
+            &batch[..batch.len() - 1],
+        );
+        assert!(!state.is_ready(), "one record short of a high watermark");
+        apply_batch(
+            &store,
+            &state,
+            &sink(),
+            "t",
+            1 << 20,
+            &batch[batch.len() - 1..],
+        );
+        assert!(state.is_ready());
+    }
+
+    #[test]
+    fn a_record_over_the_size_bound_is_an_error() {
+        let batch: Vec<OwnedMessage> = (3..6).map(|i| keyed(i, 10)).collect();
+        assert!(batch.iter().all(|m| prepare(m, 10).is_err()));
+        assert!(batch.iter().all(|m| prepare(m, 1 << 20).is_ok()));
     }
 
     /// The general path alone: serde's internally tagged enum.
